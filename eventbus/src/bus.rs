@@ -1,0 +1,274 @@
+//! [`Bus`]: publish events and run handlers; [`RunningBus`]: the handle for shutdown.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{BusBuilder, Config};
+use crate::dispatcher::Reader;
+use crate::dlq::DeadLetters;
+use crate::envelope::{self, EventId, Meta};
+use crate::error::{Error, Result};
+use crate::event::DomainEvent;
+use crate::extract::States;
+use crate::handler::HandlerRegistration;
+use crate::{registry, transport};
+
+/// An event bus over Redis: publishes events and runs the registered handlers.
+///
+/// Cheap to clone; clones share connections.
+///
+/// ```no_run
+/// use eventbus::prelude::*;
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+/// struct ChatCreated { chat_id: u64 }
+///
+/// # async fn run() -> eventbus::Result<()> {
+/// let bus = Bus::builder().namespace("demo").build().await?;
+/// let running = bus.start().await?;          // every handler's group exists, readers run
+/// let id = bus.publish(&ChatCreated { chat_id: 7 }).await?;
+/// println!("published {id}");
+/// running.shutdown().await?;                 // stop reading, drain in-flight handlers
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct BusInner {
+    pub(crate) config: Config,
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) handlers: Vec<&'static HandlerRegistration>,
+    pub(crate) states: Arc<States>,
+    pub(crate) publisher: Publisher,
+}
+
+/// Writes envelopes; shared by the bus and every handler's [`Context`](crate::Context).
+#[derive(Clone, Debug)]
+pub(crate) struct Publisher {
+    conn: ConnectionManager,
+    namespace: Arc<str>,
+    source: Arc<str>,
+    max_len: Option<usize>,
+    max_payload: usize,
+}
+
+impl Publisher {
+    pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
+        let id = EventId::new();
+        let json = envelope::encode(&id, &self.source, meta, event)
+            .map_err(|source| Error::Encode { event: E::NAME, source })?;
+        if json.len() > self.max_payload {
+            return Err(Error::PayloadTooLarge { event: E::NAME, size: json.len(), max: self.max_payload });
+        }
+        let key = transport::stream_key(&self.namespace, E::NAME);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&key);
+        if let Some(n) = self.max_len {
+            cmd.arg("MAXLEN").arg("~").arg(n);
+        }
+        cmd.arg("*").arg(envelope::FIELD_ENVELOPE).arg(json);
+        let mut conn = self.conn.clone();
+        cmd.query_async::<String>(&mut conn).await.map_err(Error::redis("XADD"))?;
+        Ok(id)
+    }
+}
+
+impl Bus {
+    /// A builder with every setting at its default.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// Builds a bus from the environment variables listed on [`BusBuilder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`BusBuilder::build`].
+    pub async fn from_env() -> Result<Bus> {
+        Bus::builder().with_env()?.build().await
+    }
+
+    pub(crate) async fn connect(builder: &BusBuilder) -> Result<Bus> {
+        let config = builder.config()?;
+        let all_handlers = registry::all_handlers()?;
+        let states = Arc::new(builder.states.clone());
+        let handlers = registry::select(&all_handlers, config.handlers.as_deref(), &states)?;
+        let client = transport::client(&config)?;
+        let conn = transport::shared(&client, &config).await?;
+        let publisher = Publisher {
+            conn: conn.clone(),
+            namespace: config.namespace.as_str().into(),
+            source: config.service.as_str().into(),
+            max_len: config.max_len,
+            max_payload: config.max_payload,
+        };
+        tracing::debug!(
+            namespace = %config.namespace,
+            consumer = %config.consumer,
+            handlers = handlers.len(),
+            registered = all_handlers.len(),
+            "eventbus connected"
+        );
+        Ok(Bus { inner: Arc::new(BusInner { config, client, conn, handlers, states, publisher }) })
+    }
+
+    /// Publishes an event durably (`XADD` to its stream) and returns its id.
+    ///
+    /// Not retried: when the connection drops mid-call the event may or may not be stored, and
+    /// the error says so; a retry by the caller may store it twice under two ids.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the event does not serialize, [`Error::PayloadTooLarge`] when its
+    /// envelope exceeds the configured maximum, [`Error::Redis`] when Redis fails.
+    pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<EventId> {
+        self.inner.publisher.publish(event, &Meta::default()).await
+    }
+
+    /// The dead letters of this bus's namespace.
+    pub fn dlq(&self) -> DeadLetters {
+        DeadLetters::new(self.inner.clone())
+    }
+
+    /// The names of the handlers this bus runs, sorted.
+    pub fn handler_names(&self) -> Vec<&'static str> {
+        self.inner.handlers.iter().map(|h| h.name).collect()
+    }
+
+    /// The consumer name this bus uses in every handler's group.
+    pub fn consumer_name(&self) -> &str {
+        &self.inner.config.consumer
+    }
+
+    /// Creates every selected handler's consumer group and starts its reader.
+    ///
+    /// Returns once the groups exist and the readers are connected, so an event published after
+    /// this returns is delivered. A new group starts at the beginning of its stream: events
+    /// published before a handler's first start are handled too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] when a group cannot be created or a reader cannot connect.
+    pub async fn start(&self) -> Result<RunningBus> {
+        let cancel = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut readers = Vec::with_capacity(self.inner.handlers.len());
+        for handler in &self.inner.handlers {
+            let reader = Reader::new(self.inner.clone(), handler, cancel.clone(), abort.clone(), tracker.clone());
+            reader.ensure_group().await?;
+            readers.push(reader.connect().await?);
+        }
+        for reader in readers {
+            tracker.spawn(reader.run());
+        }
+        tracing::info!(
+            namespace = %self.inner.config.namespace,
+            consumer = %self.inner.config.consumer,
+            handlers = self.inner.handlers.len(),
+            "eventbus started"
+        );
+        Ok(RunningBus { cancel, abort, tracker, drain_timeout: self.inner.config.drain_timeout })
+    }
+
+    /// Starts, waits for SIGINT or SIGTERM, then shuts down gracefully.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start) and [`RunningBus::shutdown`], or [`Error::Signal`].
+    pub async fn run(&self) -> Result<()> {
+        let running = self.start().await?;
+        let signal = shutdown_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        let drained = running.shutdown().await;
+        signal.and(drained)
+    }
+}
+
+async fn shutdown_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(Error::Signal),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map_err(Error::Signal)
+    }
+}
+
+/// A started bus. Call [`shutdown`](Self::shutdown) to stop it gracefully; dropping it stops the
+/// readers at once and abandons in-flight runs (their events stay pending, nothing is lost).
+#[derive(Debug)]
+#[must_use = "dropping a RunningBus stops it at once; call `shutdown().await` to drain"]
+pub struct RunningBus {
+    cancel: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+    drain_timeout: std::time::Duration,
+}
+
+impl RunningBus {
+    /// Stops reading, lets in-flight handler runs finish within the drain timeout and acks them.
+    /// Runs still going after the timeout are abandoned: their events stay pending and another
+    /// consumer claims them after the visibility timeout.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for reporting failures to flush.
+    pub async fn shutdown(self) -> Result<()> {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                drain_timeout = ?self.drain_timeout,
+                "handler runs did not finish within the drain timeout; their events stay pending"
+            );
+            self.abort.cancel();
+            self.tracker.wait().await;
+        }
+        tracing::info!("eventbus stopped");
+        Ok(())
+    }
+}
+
+impl Drop for RunningBus {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.abort.cancel();
+    }
+}
+
+/// Builds a bus from the environment and runs it until SIGINT or SIGTERM:
+/// `eventbus::run().await` in `main` is a whole service.
+///
+/// # Errors
+///
+/// As [`Bus::from_env`] and [`Bus::run`].
+pub async fn run() -> Result<()> {
+    Bus::from_env().await?.run().await
+}
+
+impl BusBuilder {
+    /// Validates the settings and the handler registry, and connects to Redis.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid setting, [`Error::DuplicateHandler`],
+    /// [`Error::DuplicateEvent`], [`Error::UnknownHandler`], [`Error::MissingState`], or
+    /// [`Error::Connect`] when Redis cannot be reached.
+    pub async fn build(&mut self) -> Result<Bus> {
+        Bus::connect(self).await
+    }
+}

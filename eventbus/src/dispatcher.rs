@@ -1,0 +1,574 @@
+//! One reader per durable handler: fetch, decode, run under the concurrency limit, retry,
+//! ack or dead-letter, and claim what silent consumers left pending.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::Value;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::bus::BusInner;
+use crate::context::{Context, Delivery};
+use crate::dlq::{self, Failure};
+use crate::envelope::{self, EventId};
+use crate::error::{Error, Result};
+use crate::handler::HandlerRegistration;
+use crate::retry::RetryPolicy;
+use crate::transport;
+
+/// What one reader shares with the tasks it spawns.
+struct Shared {
+    bus: Arc<BusInner>,
+    handler: &'static HandlerRegistration,
+    stream: String,
+    dlq: String,
+    consumer: String,
+    policy: RetryPolicy,
+    semaphore: Arc<Semaphore>,
+    /// Entry ids being handled by this reader, so a re-read of our own pending entries or a
+    /// claim does not start a second run of an entry that is still running here.
+    inflight: Mutex<HashSet<String>>,
+    cancel: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// The reader of one durable handler.
+pub(crate) struct Reader {
+    shared: Arc<Shared>,
+    conn: Option<(MultiplexedConnection, i64)>,
+}
+
+/// How one delivery ended.
+enum Outcome {
+    Ack,
+    DeadLetter(Failure),
+    /// Shutdown abandoned the run: the entry stays pending for another consumer.
+    Abandoned,
+}
+
+impl Reader {
+    pub(crate) fn new(
+        bus: Arc<BusInner>,
+        handler: &'static HandlerRegistration,
+        cancel: CancellationToken,
+        abort: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Reader {
+        let ns = &bus.config.namespace;
+        let policy = RetryPolicy {
+            retries: handler.options.retries.unwrap_or(bus.config.retry.retries),
+            backoff: handler.options.backoff.unwrap_or(bus.config.retry.backoff),
+            max_backoff: handler.options.max_backoff.unwrap_or(bus.config.retry.max_backoff),
+        };
+        let concurrency = handler.options.concurrency.unwrap_or(bus.config.concurrency).max(1);
+        let shared = Shared {
+            stream: transport::stream_key(ns, handler.event_name),
+            dlq: transport::dlq_key(ns, handler.event_name),
+            consumer: bus.config.consumer.clone(),
+            policy,
+            semaphore: Arc::new(Semaphore::new(concurrency as usize)),
+            inflight: Mutex::new(HashSet::new()),
+            handler,
+            bus,
+            cancel,
+            abort,
+            tracker,
+        };
+        Reader { shared: Arc::new(shared), conn: None }
+    }
+
+    fn group(&self) -> &'static str {
+        self.shared.handler.name
+    }
+
+    /// `XGROUP CREATE <stream> <handler> 0 MKSTREAM`: a new group starts at the beginning of the
+    /// stream, so events published before the handler's first start are handled too.
+    pub(crate) async fn ensure_group(&self) -> Result<()> {
+        let mut conn = self.shared.bus.conn.clone();
+        ensure_group(&mut conn, &self.shared.stream, self.group()).await.map_err(Error::redis("XGROUP CREATE"))
+    }
+
+    /// Opens the dedicated connection for blocking reads.
+    pub(crate) async fn connect(mut self) -> Result<Reader> {
+        self.reconnect().await.map_err(|source| Error::Connect {
+            url: transport::redact(&self.shared.bus.config.redis_url),
+            source,
+        })?;
+        Ok(self)
+    }
+
+    async fn reconnect(&mut self) -> redis::RedisResult<()> {
+        let mut conn = transport::blocking(&self.shared.bus.client, &self.shared.bus.config).await?;
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+        self.conn = Some((conn, id));
+        Ok(())
+    }
+
+    /// The read loop; ends on shutdown.
+    pub(crate) async fn run(mut self) {
+        let shared = self.shared.clone();
+        let config = &shared.bus.config;
+        let mut retry_delay = Duration::from_millis(100);
+        // Start by re-reading our own pending entries (a restart under a stable consumer name,
+        // or deliveries a dropped connection never showed us), then switch to new entries.
+        let mut pending_cursor: Option<String> = Some("0".to_owned());
+        let mut next_claim = Instant::now();
+        while !shared.cancel.is_cancelled() {
+            if self.conn.is_none() {
+                match self.reconnect().await {
+                    Ok(()) => {
+                        tracing::info!(handler = self.group(), "reader reconnected");
+                        pending_cursor = Some("0".to_owned());
+                        retry_delay = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(handler = self.group(), error = %e, "reader cannot connect; retrying");
+                        if !self.pause(&mut retry_delay).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if Instant::now() >= next_claim {
+                if let Err(e) = self.claim_abandoned().await {
+                    tracing::warn!(handler = self.group(), error = %e, "claiming abandoned entries failed");
+                }
+                next_claim = Instant::now() + config.claim_interval;
+            }
+            let first = tokio::select! {
+                p = shared.semaphore.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = shared.cancel.cancelled() => break,
+            };
+            let count = config.batch_size.min(1 + shared.semaphore.available_permits());
+            let until_claim = next_claim.saturating_duration_since(Instant::now());
+            let block = config.block_time.min(until_claim).max(Duration::from_millis(1));
+            let result = match &pending_cursor {
+                Some(cursor) => self.read(cursor.clone(), count, None).await,
+                None => self.read(">".to_owned(), count, Some(block)).await,
+            };
+            match result {
+                Ok(entries) => {
+                    retry_delay = Duration::from_millis(100);
+                    if pending_cursor.is_some() {
+                        match entries.last() {
+                            Some(last) => pending_cursor = Some(last.id.clone()),
+                            None => pending_cursor = None,
+                        }
+                        let counts = self.delivery_counts(&entries).await;
+                        self.dispatch(entries, first, |id| counts.get(id).copied().unwrap_or(1)).await;
+                    } else {
+                        self.dispatch(entries, first, |_| 1).await;
+                    }
+                }
+                Err(e) => {
+                    drop(first);
+                    if e.code() == Some("NOGROUP") {
+                        tracing::warn!(handler = self.group(), stream = %shared.stream, "consumer group or stream is gone; recreating it");
+                        let mut conn = shared.bus.conn.clone();
+                        if let Err(e) = ensure_group(&mut conn, &shared.stream, self.group()).await {
+                            tracing::warn!(handler = self.group(), error = %e, "cannot recreate consumer group");
+                        }
+                        pending_cursor = Some("0".to_owned());
+                    } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                        tracing::warn!(handler = self.group(), error = %e, "reader connection lost; reconnecting");
+                        self.conn = None;
+                    } else {
+                        tracing::warn!(handler = self.group(), error = %e, "read failed; retrying");
+                    }
+                    if !self.pause(&mut retry_delay).await {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!(handler = self.group(), "reader stopped");
+    }
+
+    /// Waits out a retry delay (doubling up to 5 s); false when shutdown came first.
+    async fn pause(&self, delay: &mut Duration) -> bool {
+        let d = *delay;
+        *delay = (*delay * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            () = self.shared.cancel.cancelled() => false,
+        }
+    }
+
+    /// One XREADGROUP. When shutdown interrupts a blocking read, the server is asked to unblock
+    /// it (`CLIENT UNBLOCK`), and whatever it had already delivered is still handled.
+    async fn read(&mut self, id: String, count: usize, block: Option<Duration>) -> redis::RedisResult<Vec<StreamId>> {
+        let Some((conn, client_id)) = self.conn.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let client_id = *client_id;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(self.shared.handler.name).arg(&self.shared.consumer).arg("COUNT").arg(count);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
+        }
+        cmd.arg("STREAMS").arg(&self.shared.stream).arg(id);
+        let read = cmd.query_async::<Option<StreamReadReply>>(conn);
+        tokio::pin!(read);
+        let reply = tokio::select! {
+            r = &mut read => r,
+            () = self.shared.cancel.cancelled() => {
+                let mut shared_conn = self.shared.bus.conn.clone();
+                let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query_async::<i64>(&mut shared_conn).await;
+                let grace = self.shared.bus.config.block_time + Duration::from_secs(1);
+                match tokio::time::timeout(grace, read).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(None),
+                }
+            }
+        }?;
+        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default())
+    }
+
+    /// Delivery counts of entries in our own pending list (after this delivery).
+    async fn delivery_counts(&self, entries: &[StreamId]) -> HashMap<String, u32> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return HashMap::new();
+        };
+        let mut conn = self.shared.bus.conn.clone();
+        let reply: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
+            .arg(&self.shared.stream)
+            .arg(self.group())
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(entries.len())
+            .arg(&self.shared.consumer)
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Ok(reply) => reply
+                .ids
+                .into_iter()
+                .map(|p| (p.id, u32::try_from(p.times_delivered).unwrap_or(u32::MAX)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(handler = self.group(), error = %e, "cannot read delivery counts");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Claims entries that other (silent) consumers left pending longer than the visibility
+    /// timeout, and drops entries that were deleted or trimmed while pending.
+    async fn claim_abandoned(&self) -> redis::RedisResult<()> {
+        let shared = &self.shared;
+        let config = &shared.bus.config;
+        let min_idle = u64::try_from(config.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut cursor = "0-0".to_owned();
+        // A bounded number of pages per cycle keeps one reader from starving its own reads.
+        for _ in 0..16 {
+            let available = shared.semaphore.available_permits();
+            if available == 0 {
+                break;
+            }
+            let mut conn = shared.bus.conn.clone();
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&shared.stream)
+                .arg(self.group())
+                .arg(&shared.consumer)
+                .arg(min_idle)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(config.batch_size.min(available))
+                .query_async(&mut conn)
+                .await?;
+            if !reply.deleted_ids.is_empty() {
+                tracing::warn!(
+                    handler = self.group(),
+                    lost = reply.deleted_ids.len(),
+                    "pending entries were deleted or trimmed from the stream before they were handled; they are lost"
+                );
+                let _ = redis::cmd("XACK")
+                    .arg(&shared.stream)
+                    .arg(self.group())
+                    .arg(&reply.deleted_ids)
+                    .query_async::<i64>(&mut conn)
+                    .await;
+            }
+            if !reply.claimed.is_empty() {
+                tracing::info!(handler = self.group(), claimed = reply.claimed.len(), "claimed entries of a silent consumer");
+                let counts = self.delivery_counts(&reply.claimed).await;
+                if let Ok(first) = shared.semaphore.clone().acquire_owned().await {
+                    self.dispatch(reply.claimed, first, |id| counts.get(id).copied().unwrap_or(1)).await;
+                }
+            }
+            if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
+                break;
+            }
+            cursor = reply.next_stream_id;
+        }
+        Ok(())
+    }
+
+    /// Spawns a run per entry, each holding a concurrency permit (`first` for the first one).
+    async fn dispatch(&self, entries: Vec<StreamId>, first: OwnedSemaphorePermit, deliveries: impl Fn(&str) -> u32) {
+        let mut first = Some(first);
+        for entry in entries {
+            let fresh = self.shared.inflight.lock().map(|mut s| s.insert(entry.id.clone())).unwrap_or(true);
+            if !fresh {
+                continue; // still running here since an earlier delivery
+            }
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match self.shared.semaphore.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let n = deliveries(&entry.id);
+            let shared = self.shared.clone();
+            self.shared.tracker.spawn(async move {
+                let id = entry.id.clone();
+                handle_entry(&shared, entry, n).await;
+                if let Ok(mut s) = shared.inflight.lock() {
+                    s.remove(&id);
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> redis::RedisResult<()> {
+    let r = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(conn)
+        .await;
+    match r {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Handles one delivered entry to the end: ack, dead letter, or left pending.
+async fn handle_entry(shared: &Shared, entry: StreamId, deliveries: u32) {
+    let outcome = run_entry(shared, &entry.map, deliveries).await;
+    let mut conn = shared.bus.conn.clone();
+    match outcome {
+        Outcome::Ack => ack(shared, &mut conn, &entry.id).await,
+        Outcome::DeadLetter(failure) => {
+            tracing::error!(
+                handler = shared.handler.name,
+                event_name = shared.handler.event_name,
+                event_id = failure.event_id.as_ref().map(EventId::as_str).unwrap_or(""),
+                attempts = failure.attempts,
+                error = %failure.error,
+                "event dead-lettered"
+            );
+            if let Err(e) = dlq::write(&mut conn, shared, &entry.id, &failure).await {
+                tracing::error!(
+                    handler = shared.handler.name,
+                    error = %e,
+                    "cannot write dead letter; the event stays pending and will be retried after the visibility timeout"
+                );
+            }
+        }
+        Outcome::Abandoned => {}
+    }
+}
+
+impl dlq::Target for Shared {
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+    fn dlq(&self) -> &str {
+        &self.dlq
+    }
+    fn group(&self) -> &'static str {
+        self.handler.name
+    }
+    fn event_name(&self) -> &'static str {
+        self.handler.event_name
+    }
+}
+
+async fn ack(shared: &Shared, conn: &mut ConnectionManager, id: &str) {
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=4 {
+        let r = redis::cmd("XACK").arg(&shared.stream).arg(shared.handler.name).arg(id).query_async::<i64>(conn).await;
+        match r {
+            Ok(_) => return,
+            Err(e) if attempt == 4 => {
+                tracing::warn!(handler = shared.handler.name, error = %e, "cannot ack; the event will be delivered again");
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+}
+
+fn field<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
+    match map.get(name)? {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// Decodes and runs one entry with retries.
+async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u32) -> Outcome {
+    let handler = shared.handler;
+    let reject = |event_id: Option<EventId>, raw: &[u8], error: String| {
+        Outcome::DeadLetter(Failure {
+            event_id,
+            error,
+            attempts: 0,
+            envelope: String::from_utf8_lossy(raw).into_owned(),
+        })
+    };
+    if map.is_empty() {
+        // Re-read of a pending entry that was deleted from the stream: nothing to run.
+        tracing::warn!(handler = handler.name, "pending entry was deleted from the stream before it was handled; it is lost");
+        return Outcome::Ack;
+    }
+    if let Some(target) = field(map, envelope::FIELD_HANDLER)
+        && target != handler.name.as_bytes()
+    {
+        return Outcome::Ack; // a replay meant for another handler
+    }
+    let Some(raw) = field(map, envelope::FIELD_ENVELOPE) else {
+        let fields: Vec<&str> = map.keys().map(String::as_str).collect();
+        return reject(None, b"", format!("entry has no `envelope` field (fields: {})", fields.join(", ")));
+    };
+    if raw.len() > shared.bus.config.max_payload {
+        return reject(
+            None,
+            &raw[..raw.len().min(4096)],
+            format!("envelope is {} bytes, more than the maximum payload of {}", raw.len(), shared.bus.config.max_payload),
+        );
+    }
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return reject(None, raw, "envelope is not valid UTF-8".to_owned());
+    };
+    let env = match envelope::decode(text) {
+        Ok(env) => env,
+        Err(rejected) => return reject(None, raw, rejected.0),
+    };
+    if env.ty != handler.event_name {
+        return reject(
+            Some(env.id),
+            raw,
+            format!("envelope type `{}` does not match this stream's event `{}`", env.ty, handler.event_name),
+        );
+    }
+    if env.version > handler.event_version {
+        return reject(
+            Some(env.id),
+            raw,
+            format!(
+                "unknown schema version {}: handler `{}` knows versions 1 to {}",
+                env.version, handler.name, handler.event_version
+            ),
+        );
+    }
+    let attempts = shared.policy.attempts();
+    if deliveries > attempts {
+        return Outcome::DeadLetter(Failure {
+            event_id: Some(env.id),
+            error: format!(
+                "delivered {deliveries} times without completing (the consumer crashed or stalled each time); the limit is {attempts}"
+            ),
+            attempts: deliveries - 1,
+            envelope: text.to_owned(),
+        });
+    }
+    let delivery = Arc::new(Delivery {
+        event_id: env.id.clone(),
+        event_name: env.ty.clone(),
+        correlation_id: env.correlation_id.clone(),
+        causation_id: env.causation_id.clone(),
+        handler: handler.name,
+        publisher: shared.bus.publisher.clone(),
+        states: shared.bus.states.clone(),
+    });
+    let mut last_error = String::new();
+    for attempt in 1..=attempts {
+        let span = tracing::info_span!(
+            "eventbus.handle",
+            event_id = %env.id,
+            event_name = handler.event_name,
+            handler = handler.name,
+            attempt,
+            delivery = deliveries,
+        );
+        let ctx = Context::new(delivery.clone(), attempt);
+        let run = async {
+            let started = std::panic::catch_unwind(AssertUnwindSafe(|| (handler.call)(env.data, ctx)));
+            match started {
+                Err(panic) => Err(Err(format!("handler panicked: {}", panic_message(&panic)))),
+                Ok(Err(decode)) => Err(Ok(format!("cannot decode event data as `{}`: {decode}", (handler.event_type)()))),
+                Ok(Ok(fut)) => match AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Err(e)),
+                    Err(panic) => Err(Err(format!("handler panicked: {}", panic_message(&panic)))),
+                },
+            }
+        }
+        .instrument(span.clone());
+        let result = tokio::select! {
+            r = run => r,
+            () = shared.abort.cancelled() => return Outcome::Abandoned,
+        };
+        match result {
+            Ok(()) => {
+                span.in_scope(|| tracing::debug!("handled"));
+                return Outcome::Ack;
+            }
+            // Undecodable data: retrying cannot help.
+            Err(Ok(decode_error)) => {
+                return Outcome::DeadLetter(Failure {
+                    event_id: Some(env.id),
+                    error: decode_error,
+                    attempts: 0,
+                    envelope: text.to_owned(),
+                });
+            }
+            Err(Err(error)) => {
+                if attempt < attempts {
+                    let delay = shared.policy.delay(attempt);
+                    span.in_scope(|| tracing::warn!(error = %error, retry_in = ?delay, "handler failed; retrying"));
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shared.abort.cancelled() => return Outcome::Abandoned,
+                    }
+                }
+                last_error = error;
+            }
+        }
+    }
+    Outcome::DeadLetter(Failure { event_id: Some(env.id), error: last_error, attempts, envelope: text.to_owned() })
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}

@@ -1,0 +1,291 @@
+//! The wire format: a CloudEvents 1.0 structured-mode JSON envelope (see `docs/WIRE.md`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The id of one published event (the envelope's `id`).
+///
+/// Events published by eventbus get a UUID v7 (time ordered); envelopes written by other
+/// producers may carry any non-empty string, as CloudEvents allows. Use it as the
+/// idempotency key in handlers: a redelivered event keeps its id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(Arc<str>);
+
+impl EventId {
+    /// A new UUID v7 id.
+    pub fn new() -> Self {
+        EventId(uuid::Uuid::now_v7().to_string().into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({})", self.0)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(EventId::from)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(EventId(s.into()))
+    }
+}
+
+impl From<&str> for EventId {
+    fn from(s: &str) -> Self {
+        EventId(s.into())
+    }
+}
+
+impl From<String> for EventId {
+    fn from(s: String) -> Self {
+        EventId(s.into())
+    }
+}
+
+impl PartialEq<str> for EventId {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for EventId {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+/// The CloudEvents spec version written and accepted.
+pub(crate) const SPEC_VERSION: &str = "1.0";
+/// The stream entry field that holds the envelope.
+pub(crate) const FIELD_ENVELOPE: &str = "envelope";
+/// The stream entry field that restricts an entry to one handler (dead-letter replay).
+pub(crate) const FIELD_HANDLER: &str = "handler";
+
+/// Metadata of an envelope being written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Meta {
+    pub(crate) correlation_id: Option<EventId>,
+    pub(crate) causation_id: Option<EventId>,
+}
+
+#[derive(Serialize)]
+struct Outgoing<'a, E> {
+    specversion: &'static str,
+    id: &'a EventId,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    source: &'a str,
+    time: String,
+    datacontenttype: &'static str,
+    schemaversion: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlationid: Option<&'a EventId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causationid: Option<&'a EventId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+    data: &'a E,
+}
+
+/// Encodes one event as its JSON envelope.
+pub(crate) fn encode<E: crate::DomainEvent>(
+    id: &EventId,
+    source: &str,
+    meta: &Meta,
+    event: &E,
+) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&Outgoing {
+        specversion: SPEC_VERSION,
+        id,
+        ty: E::NAME,
+        source,
+        time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        datacontenttype: "application/json",
+        schemaversion: E::VERSION,
+        correlationid: meta.correlation_id.as_ref(),
+        causationid: meta.causation_id.as_ref(),
+        traceparent: None,
+        data: event,
+    })
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    specversion: Option<String>,
+    id: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    datacontenttype: Option<String>,
+    schemaversion: Option<serde_json::Value>,
+    correlationid: Option<String>,
+    causationid: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    data_base64: Option<serde::de::IgnoredAny>,
+}
+
+/// An envelope decoded once per delivery; `data` stays raw until the handler decodes it.
+#[derive(Debug)]
+pub(crate) struct Decoded<'a> {
+    pub(crate) id: EventId,
+    pub(crate) ty: String,
+    pub(crate) version: u32,
+    pub(crate) correlation_id: Option<EventId>,
+    pub(crate) causation_id: Option<EventId>,
+    pub(crate) data: &'a RawValue,
+}
+
+/// Why an envelope was rejected; the text goes into the dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejected(pub(crate) String);
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Decodes and validates an envelope's attributes. Never panics, whatever the input.
+pub(crate) fn decode(raw: &str) -> Result<Decoded<'_>, Rejected> {
+    if raw.trim().is_empty() {
+        return Err(Rejected("empty envelope".into()));
+    }
+    let env: Incoming<'_> = serde_json::from_str(raw)
+        .map_err(|e| Rejected(format!("cannot decode envelope: {e}")))?;
+    match env.specversion.as_deref() {
+        Some(v) if v == SPEC_VERSION || v.starts_with("1.") => {}
+        Some(v) => return Err(Rejected(format!("unsupported specversion {v:?}: expected \"1.0\""))),
+        None => return Err(Rejected("envelope has no `specversion`".into())),
+    }
+    let id = match env.id {
+        Some(id) if !id.is_empty() => EventId::from(id),
+        _ => return Err(Rejected("envelope has no `id`".into())),
+    };
+    let ty = match env.ty {
+        Some(ty) if !ty.is_empty() => ty,
+        _ => return Err(Rejected("envelope has no `type`".into())),
+    };
+    if let Some(ct) = &env.datacontenttype {
+        let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !(ct == "application/json" || ct == "text/json" || ct.ends_with("+json")) {
+            return Err(Rejected(format!("unsupported datacontenttype {ct:?}: only JSON data is accepted")));
+        }
+    }
+    let version = match env.schemaversion {
+        None => 1,
+        Some(v) => parse_version(&v)
+            .ok_or_else(|| Rejected(format!("invalid schemaversion {v}: expected a positive integer")))?,
+    };
+    let data = match env.data {
+        Some(d) => d,
+        None if env.data_base64.is_some() => {
+            return Err(Rejected("`data_base64` is not supported: send JSON in `data`".into()));
+        }
+        None => null_raw(),
+    };
+    Ok(Decoded {
+        id,
+        ty,
+        version,
+        correlation_id: env.correlationid.filter(|s| !s.is_empty()).map(EventId::from),
+        causation_id: env.causationid.filter(|s| !s.is_empty()).map(EventId::from),
+        data,
+    })
+}
+
+fn null_raw() -> &'static RawValue {
+    RawValue::NULL
+}
+
+/// CloudEvents SDKs may write extension attributes as strings; accept `2` and `"2"`.
+fn parse_version(v: &serde_json::Value) -> Option<u32> {
+    let n = match v {
+        serde_json::Value::Number(n) => n.as_u64()?,
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok()?,
+        _ => return None,
+    };
+    u32::try_from(n).ok().filter(|n| *n >= 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_a_minimal_cloudevent() {
+        let raw = r#"{"specversion":"1.0","id":"abc","type":"chat.created","source":"/x","data":{"a":1}}"#;
+        let d = decode(raw).expect("valid");
+        assert_eq!(d.id, "abc");
+        assert_eq!(d.ty, "chat.created");
+        assert_eq!(d.version, 1);
+        assert_eq!(d.data.get(), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn accepts_string_extension_values() {
+        let raw = r#"{"specversion":"1.0","id":"a","type":"t","source":"s","schemaversion":"3","correlationid":"c"}"#;
+        let d = decode(raw).expect("valid");
+        assert_eq!(d.version, 3);
+        assert_eq!(d.correlation_id, Some(EventId::from("c")));
+        assert_eq!(d.data.get(), "null");
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        for (raw, reason) in [
+            ("", "empty envelope"),
+            ("{", "cannot decode envelope"),
+            (r#"{"specversion":"1.0","type":"t"}"#, "no `id`"),
+            (r#"{"specversion":"1.0","id":"a"}"#, "no `type`"),
+            (r#"{"id":"a","type":"t"}"#, "no `specversion`"),
+            (r#"{"specversion":"1.0","id":"a","type":"t","schemaversion":0}"#, "invalid schemaversion"),
+            (r#"{"specversion":"1.0","id":"a","type":"t","datacontenttype":"text/plain"}"#, "datacontenttype"),
+            (r#"{"specversion":"1.0","id":"a","type":"t","data_base64":"AA=="}"#, "data_base64"),
+            ("[1,2]", "cannot decode envelope"),
+        ] {
+            let err = decode(raw).expect_err(raw);
+            assert!(err.0.contains(reason), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_a_stack_overflow() {
+        let raw = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(decode(&raw).is_err());
+    }
+}

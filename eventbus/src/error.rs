@@ -1,0 +1,140 @@
+//! The one public error type.
+
+/// A specialised `Result` for eventbus operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the runtime.
+///
+/// Handler failures are not errors of this type: they are retried and dead-lettered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Redis could not be reached at start-up.
+    #[error("cannot reach Redis at {url}: start redis-server there or set REDIS_URL")]
+    Connect {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// What the client reported.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// A Redis command failed.
+    #[error("redis command {command} failed")]
+    Redis {
+        /// The command that failed.
+        command: &'static str,
+        /// What Redis or the client reported.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// A configuration value is invalid.
+    #[error("invalid configuration `{key}` = {value:?}: {hint}")]
+    Config {
+        /// The builder setting or environment variable.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What a valid value looks like.
+        hint: String,
+    },
+
+    /// Two handlers are registered under one name.
+    #[error(
+        "two handlers are named `{name}` (at {first} and {second}): handler names are consumer group names and must be unique; set `#[event_handler(name = \"...\")]` on one of them"
+    )]
+    DuplicateHandler {
+        /// The shared name.
+        name: String,
+        /// Where the first one is defined.
+        first: String,
+        /// Where the second one is defined.
+        second: String,
+    },
+
+    /// Two event types are registered under one event name.
+    #[error(
+        "two event types are named `{name}`: `{first}` and `{second}`; give one of them `#[event(name = \"...\")]`"
+    )]
+    DuplicateEvent {
+        /// The shared event name.
+        name: String,
+        /// One type.
+        first: &'static str,
+        /// The other type.
+        second: &'static str,
+    },
+
+    /// `.handlers([...])` named a handler that is not registered.
+    #[error("no handler is named `{name}`; registered handlers: {known}")]
+    UnknownHandler {
+        /// The name asked for.
+        name: String,
+        /// The registered names, comma separated.
+        known: String,
+    },
+
+    /// A handler asks for `State<T>` that was not given to the builder.
+    #[error(
+        "handler `{handler}` asks for `State<{type_name}>`, but no such state was given: call `.state(value)` on `Bus::builder()` with a `{type_name}`"
+    )]
+    MissingState {
+        /// The handler.
+        handler: String,
+        /// The state type.
+        type_name: &'static str,
+    },
+
+    /// An event could not be encoded for publishing.
+    #[error("cannot encode event `{event}`")]
+    Encode {
+        /// The event name.
+        event: &'static str,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A dead letter was asked for that does not exist.
+    #[error("no dead letter with id `{0}`")]
+    DeadLetterNotFound(String),
+
+    /// A dead letter cannot be replayed (its envelope or handler is unusable).
+    #[error("dead letter `{id}` cannot be replayed: {reason}")]
+    Replay {
+        /// The dead letter's id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// An event's envelope is larger than the configured maximum payload.
+    #[error("event `{event}` is {size} bytes as an envelope, more than the maximum of {max}: raise `max_payload` (EVENTBUS_MAX_PAYLOAD) or publish a reference to the data instead")]
+    PayloadTooLarge {
+        /// The event name.
+        event: &'static str,
+        /// The envelope's size in bytes.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+
+    /// Waiting for a shutdown signal failed.
+    #[error("cannot listen for shutdown signals")]
+    Signal(#[source] std::io::Error),
+
+    /// An extractor could not produce its value.
+    #[error("{0}")]
+    Extract(String),
+}
+
+impl Error {
+    pub(crate) fn redis(command: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+        move |source| Error::Redis { command, source }
+    }
+
+    pub(crate) fn config(key: &'static str, value: impl Into<String>, hint: impl Into<String>) -> Error {
+        Error::Config { key, value: value.into(), hint: hint.into() }
+    }
+}

@@ -1,0 +1,74 @@
+//! # eventbus
+//!
+//! A typed event framework for Rust services over Redis. Write three things:
+//! `#[derive(DomainEvent)]` on event types, `#[event_handler]` on async functions, and
+//! `eventbus::run()` in `main`. Every handler is found at start-up, gets its own consumer group on
+//! the event's Redis stream, and is retried with backoff, dead-lettered, recovered after crashes,
+//! traced, and drained on shutdown, all the same way.
+//!
+//! ```no_run
+//! use eventbus as bus;
+//! use eventbus::prelude::*;
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+//! #[event(name = "chat.created")]
+//! pub struct ChatCreated { pub chat_id: u64, pub title: String }
+//!
+//! #[event_handler]
+//! async fn notify_members(ev: ChatCreated, ctx: Context) -> anyhow::Result<()> {
+//!     println!("chat {} created (event {}, attempt {})", ev.chat_id, ctx.event_id(), ctx.attempt());
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> eventbus::Result<()> {
+//!     bus::run().await // REDIS_URL, EVENTBUS_NAMESPACE, ...; runs until SIGINT/SIGTERM
+//! }
+//! ```
+//!
+//! See the README for semantics, configuration and operations, and `docs/WIRE.md` for the wire
+//! format.
+
+extern crate self as eventbus;
+
+mod bus;
+mod config;
+mod context;
+mod dispatcher;
+mod dlq;
+mod envelope;
+mod error;
+mod event;
+mod extract;
+mod handler;
+mod registry;
+mod retry;
+mod transport;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Not public API.
+    pub use crate::private::*;
+}
+mod private;
+
+pub use bus::{Bus, RunningBus, run};
+pub use config::BusBuilder;
+pub use context::Context;
+pub use dlq::{DeadLetter, DeadLetters};
+pub use envelope::EventId;
+pub use error::{Error, Result};
+pub use event::DomainEvent;
+pub use eventbus_derive::{DomainEvent, event_handler};
+pub use extract::{FromContext, State, States};
+pub use handler::IntoHandlerResult;
+
+/// The names most programs need: `use eventbus::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Bus, Context, DomainEvent, EventId, FromContext, State, event_handler};
+    pub use serde::{Deserialize, Serialize};
+}
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
