@@ -1,0 +1,8 @@
+use eventbus::prelude::*;
+
+#[event_handler]
+async fn notify() -> anyhow::Result<()> {
+    Ok(())
+}
+
+fn main() {}
