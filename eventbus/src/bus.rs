@@ -62,10 +62,17 @@ pub(crate) struct Publisher {
 impl Publisher {
     pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
         let id = EventId::new();
-        let json = envelope::encode(&id, &self.source, meta, event)
-            .map_err(|source| Error::Encode { event: E::NAME, source })?;
+        let json =
+            envelope::encode(&id, &self.source, meta, event).map_err(|source| Error::Encode {
+                event: E::NAME,
+                source,
+            })?;
         if json.len() > self.max_payload {
-            return Err(Error::PayloadTooLarge { event: E::NAME, size: json.len(), max: self.max_payload });
+            return Err(Error::PayloadTooLarge {
+                event: E::NAME,
+                size: json.len(),
+                max: self.max_payload,
+            });
         }
         let key = transport::stream_key(&self.namespace, E::NAME);
         let mut cmd = redis::cmd("XADD");
@@ -75,7 +82,9 @@ impl Publisher {
         }
         cmd.arg("*").arg(envelope::FIELD_ENVELOPE).arg(json);
         let mut conn = self.conn.clone();
-        cmd.query_async::<String>(&mut conn).await.map_err(Error::redis("XADD"))?;
+        cmd.query_async::<String>(&mut conn)
+            .await
+            .map_err(Error::redis("XADD"))?;
         Ok(id)
     }
 }
@@ -116,7 +125,16 @@ impl Bus {
             registered = all_handlers.len(),
             "eventbus connected"
         );
-        Ok(Bus { inner: Arc::new(BusInner { config, client, conn, handlers, states, publisher }) })
+        Ok(Bus {
+            inner: Arc::new(BusInner {
+                config,
+                client,
+                conn,
+                handlers,
+                states,
+                publisher,
+            }),
+        })
     }
 
     /// Publishes an event durably (`XADD` to its stream) and returns its id.
@@ -162,7 +180,13 @@ impl Bus {
         let tracker = TaskTracker::new();
         let mut readers = Vec::with_capacity(self.inner.handlers.len());
         for handler in &self.inner.handlers {
-            let reader = Reader::new(self.inner.clone(), handler, cancel.clone(), abort.clone(), tracker.clone());
+            let reader = Reader::new(
+                self.inner.clone(),
+                handler,
+                cancel.clone(),
+                abort.clone(),
+                tracker.clone(),
+            );
             reader.ensure_group().await?;
             readers.push(reader.connect().await?);
         }
@@ -175,7 +199,12 @@ impl Bus {
             handlers = self.inner.handlers.len(),
             "eventbus started"
         );
-        Ok(RunningBus { cancel, abort, tracker, drain_timeout: self.inner.config.drain_timeout })
+        Ok(RunningBus {
+            cancel,
+            abort,
+            tracker,
+            drain_timeout: self.inner.config.drain_timeout,
+        })
     }
 
     /// Starts, waits for SIGINT or SIGTERM, then shuts down gracefully.
@@ -230,7 +259,10 @@ impl RunningBus {
     pub async fn shutdown(self) -> Result<()> {
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 drain_timeout = ?self.drain_timeout,
                 "handler runs did not finish within the drain timeout; their events stay pending"

@@ -348,8 +348,13 @@ impl BusBuilder {
             self.consumer = Some(v);
         }
         if let Some(v) = var("EVENTBUS_HANDLERS") {
-            self.handlers =
-                Some(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect());
+            self.handlers = Some(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            );
         }
         let dur = |key: &'static str| -> Result<Option<Duration>> {
             var(key).map(|v| parse_duration(key, &v)).transpose()
@@ -357,7 +362,9 @@ impl BusBuilder {
         let num = |key: &'static str| -> Result<Option<u64>> {
             var(key)
                 .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| Error::config(key, v, "expected a whole number"))
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| Error::config(key, v, "expected a whole number"))
                 })
                 .transpose()
         };
@@ -400,7 +407,10 @@ impl BusBuilder {
     /// Validates the settings.
     pub(crate) fn config(&self) -> Result<Config> {
         let url = self.redis_url.trim();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
             return Err(Error::config(
                 "REDIS_URL",
                 crate::transport::redact(url),
@@ -420,7 +430,11 @@ impl BusBuilder {
         check_name("EVENTBUS_CONSUMER", &consumer)?;
         let positive = |key: &'static str, d: Duration| {
             if d.is_zero() {
-                Err(Error::config(key, "0s", "must be longer than zero, e.g. \"500ms\" or \"30s\""))
+                Err(Error::config(
+                    key,
+                    "0s",
+                    "must be longer than zero, e.g. \"500ms\" or \"30s\"",
+                ))
             } else {
                 Ok(d)
             }
@@ -428,11 +442,17 @@ impl BusBuilder {
         let visibility_timeout = positive("EVENTBUS_VISIBILITY_TIMEOUT", self.visibility_timeout)?;
         let claim_interval = match self.claim_interval {
             Some(d) => positive("EVENTBUS_CLAIM_INTERVAL", d)?,
-            None => (visibility_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(10)),
+            None => {
+                (visibility_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(10))
+            }
         };
         let block_time = positive("EVENTBUS_BLOCK_TIME", self.block_time)?;
         if block_time < Duration::from_millis(1) {
-            return Err(Error::config("EVENTBUS_BLOCK_TIME", fmt_duration(block_time), "must be at least 1ms"));
+            return Err(Error::config(
+                "EVENTBUS_BLOCK_TIME",
+                fmt_duration(block_time),
+                "must be at least 1ms",
+            ));
         }
         let backoff = positive("EVENTBUS_BACKOFF", self.backoff)?;
         let max_backoff = positive("EVENTBUS_MAX_BACKOFF", self.max_backoff)?;
@@ -440,17 +460,32 @@ impl BusBuilder {
             return Err(Error::config(
                 "EVENTBUS_MAX_BACKOFF",
                 fmt_duration(max_backoff),
-                format!("must not be shorter than the backoff ({})", fmt_duration(backoff)),
+                format!(
+                    "must not be shorter than the backoff ({})",
+                    fmt_duration(backoff)
+                ),
             ));
         }
         if self.batch_size == 0 {
-            return Err(Error::config("EVENTBUS_BATCH_SIZE", "0", "must be at least 1"));
+            return Err(Error::config(
+                "EVENTBUS_BATCH_SIZE",
+                "0",
+                "must be at least 1",
+            ));
         }
         if self.concurrency == 0 {
-            return Err(Error::config("EVENTBUS_CONCURRENCY", "0", "must be at least 1"));
+            return Err(Error::config(
+                "EVENTBUS_CONCURRENCY",
+                "0",
+                "must be at least 1",
+            ));
         }
         if self.max_len == Some(0) {
-            return Err(Error::config("EVENTBUS_MAX_LEN", "0", "must be at least 1, or unset for no trimming"));
+            return Err(Error::config(
+                "EVENTBUS_MAX_LEN",
+                "0",
+                "must be at least 1, or unset for no trimming",
+            ));
         }
         if self.max_payload < 1024 {
             return Err(Error::config(
@@ -470,7 +505,11 @@ impl BusBuilder {
             drain_timeout: self.drain_timeout,
             batch_size: self.batch_size,
             block_time,
-            retry: RetryPolicy { retries: self.retries, backoff, max_backoff },
+            retry: RetryPolicy {
+                retries: self.retries,
+                backoff,
+                max_backoff,
+            },
             concurrency: self.concurrency,
             max_len: self.max_len,
             max_payload: self.max_payload,
@@ -481,8 +520,13 @@ impl BusBuilder {
 
 /// Parses `250ms`, `5s`, `2m`, `1h 30m`.
 pub(crate) fn parse_duration(key: &'static str, value: &str) -> Result<Duration> {
-    humantime::parse_duration(value.trim())
-        .map_err(|e| Error::config(key, value, format!("expected a duration like \"500ms\", \"30s\" or \"2m\" ({e})")))
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        Error::config(
+            key,
+            value,
+            format!("expected a duration like \"500ms\", \"30s\" or \"2m\" ({e})"),
+        )
+    })
 }
 
 pub(crate) fn fmt_duration(d: Duration) -> String {
@@ -491,9 +535,9 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
 
 /// Names that become parts of keys: non-empty, printable, no spaces, braces or glob characters.
 fn check_name(key: &'static str, value: &str) -> Result<()> {
-    let bad = value
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '*' | '?' | '[' | ']'));
+    let bad = value.chars().find(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '*' | '?' | '[' | ']')
+    });
     if value.is_empty() || bad.is_some() || value.len() > 200 {
         return Err(Error::config(
             key,
@@ -508,7 +552,11 @@ fn default_service() -> String {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect::<String>())
+        .map(|s| {
+            s.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .collect::<String>()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "eventbus".to_owned())
 }
@@ -519,7 +567,12 @@ fn default_consumer(service: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')).collect::<String>())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+                .collect::<String>()
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
     let n = ORDINAL.fetch_add(1, Ordering::Relaxed);
@@ -532,7 +585,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -556,15 +612,30 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let err = BusBuilder::default().apply_env(env(&[("EVENTBUS_DRAIN_TIMEOUT", "soon")])).map(|_| ()).expect_err("bad");
+        let err = BusBuilder::default()
+            .apply_env(env(&[("EVENTBUS_DRAIN_TIMEOUT", "soon")]))
+            .map(|_| ())
+            .expect_err("bad");
         assert!(err.to_string().contains("EVENTBUS_DRAIN_TIMEOUT"), "{err}");
-        let err = BusBuilder::default().apply_env(env(&[("EVENTBUS_BATCH_SIZE", "-1")])).map(|_| ()).expect_err("bad");
+        let err = BusBuilder::default()
+            .apply_env(env(&[("EVENTBUS_BATCH_SIZE", "-1")]))
+            .map(|_| ())
+            .expect_err("bad");
         assert!(err.to_string().contains("whole number"), "{err}");
-        let err = BusBuilder::default().namespace("a b").config().expect_err("bad");
+        let err = BusBuilder::default()
+            .namespace("a b")
+            .config()
+            .expect_err("bad");
         assert!(err.to_string().contains("EVENTBUS_NAMESPACE"), "{err}");
-        let err = BusBuilder::default().redis_url("http://x").config().expect_err("bad");
+        let err = BusBuilder::default()
+            .redis_url("http://x")
+            .config()
+            .expect_err("bad");
         assert!(err.to_string().contains("REDIS_URL"), "{err}");
-        let err = BusBuilder::default().concurrency(0).config().expect_err("bad");
+        let err = BusBuilder::default()
+            .concurrency(0)
+            .config()
+            .expect_err("bad");
         assert!(err.to_string().contains("at least 1"), "{err}");
     }
 }

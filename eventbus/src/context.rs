@@ -64,7 +64,10 @@ impl Context {
 
     /// The correlation id: the publisher's, or the event's own id when the publisher set none.
     pub fn correlation_id(&self) -> EventId {
-        self.delivery.correlation_id.clone().unwrap_or_else(|| self.delivery.event_id.clone())
+        self.delivery
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| self.delivery.event_id.clone())
     }
 
     /// The id of the event whose handler published this one, if any.

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::Value;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -68,9 +68,16 @@ impl Reader {
         let policy = RetryPolicy {
             retries: handler.options.retries.unwrap_or(bus.config.retry.retries),
             backoff: handler.options.backoff.unwrap_or(bus.config.retry.backoff),
-            max_backoff: handler.options.max_backoff.unwrap_or(bus.config.retry.max_backoff),
+            max_backoff: handler
+                .options
+                .max_backoff
+                .unwrap_or(bus.config.retry.max_backoff),
         };
-        let concurrency = handler.options.concurrency.unwrap_or(bus.config.concurrency).max(1);
+        let concurrency = handler
+            .options
+            .concurrency
+            .unwrap_or(bus.config.concurrency)
+            .max(1);
         let shared = Shared {
             stream: transport::stream_key(ns, handler.event_name),
             dlq: transport::dlq_key(ns, handler.event_name),
@@ -84,7 +91,10 @@ impl Reader {
             abort,
             tracker,
         };
-        Reader { shared: Arc::new(shared), conn: None }
+        Reader {
+            shared: Arc::new(shared),
+            conn: None,
+        }
     }
 
     fn group(&self) -> &'static str {
@@ -95,7 +105,9 @@ impl Reader {
     /// stream, so events published before the handler's first start are handled too.
     pub(crate) async fn ensure_group(&self) -> Result<()> {
         let mut conn = self.shared.bus.conn.clone();
-        ensure_group(&mut conn, &self.shared.stream, self.group()).await.map_err(Error::redis("XGROUP CREATE"))
+        ensure_group(&mut conn, &self.shared.stream, self.group())
+            .await
+            .map_err(Error::redis("XGROUP CREATE"))
     }
 
     /// Opens the dedicated connection for blocking reads.
@@ -108,8 +120,12 @@ impl Reader {
     }
 
     async fn reconnect(&mut self) -> redis::RedisResult<()> {
-        let mut conn = transport::blocking(&self.shared.bus.client, &self.shared.bus.config).await?;
-        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+        let mut conn =
+            transport::blocking(&self.shared.bus.client, &self.shared.bus.config).await?;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await?;
         self.conn = Some((conn, id));
         Ok(())
     }
@@ -153,9 +169,14 @@ impl Reader {
                 },
                 () = shared.cancel.cancelled() => break,
             };
-            let count = config.batch_size.min(1 + shared.semaphore.available_permits());
+            let count = config
+                .batch_size
+                .min(1 + shared.semaphore.available_permits());
             let until_claim = next_claim.saturating_duration_since(Instant::now());
-            let block = config.block_time.min(until_claim).max(Duration::from_millis(1));
+            let block = config
+                .block_time
+                .min(until_claim)
+                .max(Duration::from_millis(1));
             let result = match &pending_cursor {
                 Some(cursor) => self.read(cursor.clone(), count, None).await,
                 None => self.read(">".to_owned(), count, Some(block)).await,
@@ -168,8 +189,9 @@ impl Reader {
                             Some(last) => pending_cursor = Some(last.id.clone()),
                             None => pending_cursor = None,
                         }
-                        let counts = self.delivery_counts(&entries).await;
-                        self.dispatch(entries, first, |id| counts.get(id).copied().unwrap_or(1)).await;
+                        let (entries, counts) = self.still_ours(entries).await;
+                        self.dispatch(entries, first, |id| counts.get(id).copied().unwrap_or(1))
+                            .await;
                     } else {
                         self.dispatch(entries, first, |_| 1).await;
                     }
@@ -179,11 +201,16 @@ impl Reader {
                     if e.code() == Some("NOGROUP") {
                         tracing::warn!(handler = self.group(), stream = %shared.stream, "consumer group or stream is gone; recreating it");
                         let mut conn = shared.bus.conn.clone();
-                        if let Err(e) = ensure_group(&mut conn, &shared.stream, self.group()).await {
+                        if let Err(e) = ensure_group(&mut conn, &shared.stream, self.group()).await
+                        {
                             tracing::warn!(handler = self.group(), error = %e, "cannot recreate consumer group");
                         }
                         pending_cursor = Some("0".to_owned());
-                    } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    } else if e.is_io_error()
+                        || e.is_timeout()
+                        || e.is_connection_dropped()
+                        || e.is_unrecoverable_error()
+                    {
                         tracing::warn!(handler = self.group(), error = %e, "reader connection lost; reconnecting");
                         self.conn = None;
                     } else {
@@ -210,15 +237,25 @@ impl Reader {
 
     /// One XREADGROUP. When shutdown interrupts a blocking read, the server is asked to unblock
     /// it (`CLIENT UNBLOCK`), and whatever it had already delivered is still handled.
-    async fn read(&mut self, id: String, count: usize, block: Option<Duration>) -> redis::RedisResult<Vec<StreamId>> {
+    async fn read(
+        &mut self,
+        id: String,
+        count: usize,
+        block: Option<Duration>,
+    ) -> redis::RedisResult<Vec<StreamId>> {
         let Some((conn, client_id)) = self.conn.as_mut() else {
             return Ok(Vec::new());
         };
         let client_id = *client_id;
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(self.shared.handler.name).arg(&self.shared.consumer).arg("COUNT").arg(count);
+        cmd.arg("GROUP")
+            .arg(self.shared.handler.name)
+            .arg(&self.shared.consumer)
+            .arg("COUNT")
+            .arg(count);
         if let Some(block) = block {
-            cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
+            cmd.arg("BLOCK")
+                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
         }
         cmd.arg("STREAMS").arg(&self.shared.stream).arg(id);
         let read = cmd.query_async::<Option<StreamReadReply>>(conn);
@@ -235,13 +272,43 @@ impl Reader {
                 }
             }
         }?;
-        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default())
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default())
     }
 
-    /// Delivery counts of entries in our own pending list (after this delivery).
-    async fn delivery_counts(&self, entries: &[StreamId]) -> HashMap<String, u32> {
+    /// Of entries re-read from our own pending list or just claimed: the ones to run now, with
+    /// their delivery counts. An entry still running here is skipped, and so is one that is no
+    /// longer pending. The in-flight check comes first: a run that finishes (and acks) after it
+    /// is then seen as no longer pending by XPENDING, instead of being started a second time.
+    async fn still_ours(&self, entries: Vec<StreamId>) -> (Vec<StreamId>, HashMap<String, u32>) {
+        let running: HashSet<String> = self
+            .shared
+            .inflight
+            .lock()
+            .map(|s| {
+                entries
+                    .iter()
+                    .filter(|e| s.contains(&e.id))
+                    .map(|e| e.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let counts = self.delivery_counts(&entries).await;
+        let entries = entries
+            .into_iter()
+            .filter(|e| {
+                !running.contains(&e.id) && counts.as_ref().is_none_or(|c| c.contains_key(&e.id))
+            })
+            .collect();
+        (entries, counts.unwrap_or_default())
+    }
+
+    /// Delivery counts of entries in our own pending list (after this delivery); `None` when
+    /// XPENDING failed.
+    async fn delivery_counts(&self, entries: &[StreamId]) -> Option<HashMap<String, u32>> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return HashMap::new();
+            return Some(HashMap::new());
         };
         let mut conn = self.shared.bus.conn.clone();
         let reply: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
@@ -254,14 +321,16 @@ impl Reader {
             .query_async(&mut conn)
             .await;
         match reply {
-            Ok(reply) => reply
-                .ids
-                .into_iter()
-                .map(|p| (p.id, u32::try_from(p.times_delivered).unwrap_or(u32::MAX)))
-                .collect(),
+            Ok(reply) => Some(
+                reply
+                    .ids
+                    .into_iter()
+                    .map(|p| (p.id, u32::try_from(p.times_delivered).unwrap_or(u32::MAX)))
+                    .collect(),
+            ),
             Err(e) => {
                 tracing::warn!(handler = self.group(), error = %e, "cannot read delivery counts");
-                HashMap::new()
+                None
             }
         }
     }
@@ -304,10 +373,15 @@ impl Reader {
                     .await;
             }
             if !reply.claimed.is_empty() {
-                tracing::info!(handler = self.group(), claimed = reply.claimed.len(), "claimed entries of a silent consumer");
-                let counts = self.delivery_counts(&reply.claimed).await;
+                tracing::info!(
+                    handler = self.group(),
+                    claimed = reply.claimed.len(),
+                    "claimed entries of a silent consumer"
+                );
+                let (claimed, counts) = self.still_ours(reply.claimed).await;
                 if let Ok(first) = shared.semaphore.clone().acquire_owned().await {
-                    self.dispatch(reply.claimed, first, |id| counts.get(id).copied().unwrap_or(1)).await;
+                    self.dispatch(claimed, first, |id| counts.get(id).copied().unwrap_or(1))
+                        .await;
                 }
             }
             if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
@@ -319,10 +393,20 @@ impl Reader {
     }
 
     /// Spawns a run per entry, each holding a concurrency permit (`first` for the first one).
-    async fn dispatch(&self, entries: Vec<StreamId>, first: OwnedSemaphorePermit, deliveries: impl Fn(&str) -> u32) {
+    async fn dispatch(
+        &self,
+        entries: Vec<StreamId>,
+        first: OwnedSemaphorePermit,
+        deliveries: impl Fn(&str) -> u32,
+    ) {
         let mut first = Some(first);
         for entry in entries {
-            let fresh = self.shared.inflight.lock().map(|mut s| s.insert(entry.id.clone())).unwrap_or(true);
+            let fresh = self
+                .shared
+                .inflight
+                .lock()
+                .map(|mut s| s.insert(entry.id.clone()))
+                .unwrap_or(true);
             if !fresh {
                 continue; // still running here since an earlier delivery
             }
@@ -347,7 +431,11 @@ impl Reader {
     }
 }
 
-async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> redis::RedisResult<()> {
+async fn ensure_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
     let r = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -407,7 +495,12 @@ impl dlq::Target for Shared {
 async fn ack(shared: &Shared, conn: &mut ConnectionManager, id: &str) {
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=4 {
-        let r = redis::cmd("XACK").arg(&shared.stream).arg(shared.handler.name).arg(id).query_async::<i64>(conn).await;
+        let r = redis::cmd("XACK")
+            .arg(&shared.stream)
+            .arg(shared.handler.name)
+            .arg(id)
+            .query_async::<i64>(conn)
+            .await;
         match r {
             Ok(_) => return,
             Err(e) if attempt == 4 => {
@@ -442,7 +535,10 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
     };
     if map.is_empty() {
         // Re-read of a pending entry that was deleted from the stream: nothing to run.
-        tracing::warn!(handler = handler.name, "pending entry was deleted from the stream before it was handled; it is lost");
+        tracing::warn!(
+            handler = handler.name,
+            "pending entry was deleted from the stream before it was handled; it is lost"
+        );
         return Outcome::Ack;
     }
     if let Some(target) = field(map, envelope::FIELD_HANDLER)
@@ -452,13 +548,24 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
     }
     let Some(raw) = field(map, envelope::FIELD_ENVELOPE) else {
         let fields: Vec<&str> = map.keys().map(String::as_str).collect();
-        return reject(None, b"", format!("entry has no `envelope` field (fields: {})", fields.join(", ")));
+        return reject(
+            None,
+            b"",
+            format!(
+                "entry has no `envelope` field (fields: {})",
+                fields.join(", ")
+            ),
+        );
     };
     if raw.len() > shared.bus.config.max_payload {
         return reject(
             None,
             &raw[..raw.len().min(4096)],
-            format!("envelope is {} bytes, more than the maximum payload of {}", raw.len(), shared.bus.config.max_payload),
+            format!(
+                "envelope is {} bytes, more than the maximum payload of {}",
+                raw.len(),
+                shared.bus.config.max_payload
+            ),
         );
     }
     let Ok(text) = std::str::from_utf8(raw) else {
@@ -466,13 +573,16 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
     };
     let env = match envelope::decode(text) {
         Ok(env) => env,
-        Err(rejected) => return reject(None, raw, rejected.0),
+        Err(rejected) => return reject(rejected.id, raw, rejected.reason),
     };
     if env.ty != handler.event_name {
         return reject(
             Some(env.id),
             raw,
-            format!("envelope type `{}` does not match this stream's event `{}`", env.ty, handler.event_name),
+            format!(
+                "envelope type `{}` does not match this stream's event `{}`",
+                env.ty, handler.event_name
+            ),
         );
     }
     if env.version > handler.event_version {
@@ -517,10 +627,14 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
         );
         let ctx = Context::new(delivery.clone(), attempt);
         let run = async {
-            let started = std::panic::catch_unwind(AssertUnwindSafe(|| (handler.call)(env.data, ctx)));
+            let started =
+                std::panic::catch_unwind(AssertUnwindSafe(|| (handler.call)(env.data, ctx)));
             match started {
                 Err(panic) => Err(Err(format!("handler panicked: {}", panic_message(&panic)))),
-                Ok(Err(decode)) => Err(Ok(format!("cannot decode event data as `{}`: {decode}", (handler.event_type)()))),
+                Ok(Err(decode)) => Err(Ok(format!(
+                    "cannot decode event data as `{}`: {decode}",
+                    (handler.event_type)()
+                ))),
                 Ok(Ok(fut)) => match AssertUnwindSafe(fut).catch_unwind().await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(Err(e)),
@@ -560,7 +674,12 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
             }
         }
     }
-    Outcome::DeadLetter(Failure { event_id: Some(env.id), error: last_error, attempts, envelope: text.to_owned() })
+    Outcome::DeadLetter(Failure {
+        event_id: Some(env.id),
+        error: last_error,
+        attempts,
+        envelope: text.to_owned(),
+    })
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use redis::aio::ConnectionManager;
 use redis::Value;
+use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 
 use crate::bus::BusInner;
@@ -161,7 +161,9 @@ impl DeadLetters {
         let mut all = Vec::new();
         let mut conn = self.conn();
         for key in self.keys().await? {
-            let Some(event) = transport::event_of_dlq_key(&self.bus.config.namespace, &key) else { continue };
+            let Some(event) = transport::event_of_dlq_key(&self.bus.config.namespace, &key) else {
+                continue;
+            };
             let reply: StreamRangeReply = redis::cmd("XRANGE")
                 .arg(&key)
                 .arg("-")
@@ -201,8 +203,17 @@ impl DeadLetters {
         let text = |name: &str| found.map.get(name).and_then(as_text).unwrap_or_default();
         let raw = text("envelope");
         let handler = text("handler");
+        if handler.is_empty() {
+            return Err(Error::Replay {
+                id: id.to_owned(),
+                reason: "it names no handler".to_owned(),
+            });
+        }
         if let Err(rejected) = envelope::decode(&raw) {
-            return Err(Error::Replay { id: id.to_owned(), reason: format!("its envelope is not a valid event: {rejected}") });
+            return Err(Error::Replay {
+                id: id.to_owned(),
+                reason: format!("its envelope is not a valid event: {rejected}"),
+            });
         }
         let stream = transport::stream_key(&self.bus.config.namespace, event);
         let mut add = redis::cmd("XADD");
@@ -210,7 +221,11 @@ impl DeadLetters {
         if let Some(n) = self.bus.config.max_len {
             add.arg("MAXLEN").arg("~").arg(n);
         }
-        add.arg("*").arg(envelope::FIELD_ENVELOPE).arg(&raw).arg(envelope::FIELD_HANDLER).arg(&handler);
+        add.arg("*")
+            .arg(envelope::FIELD_ENVELOPE)
+            .arg(&raw)
+            .arg(envelope::FIELD_HANDLER)
+            .arg(&handler);
         redis::pipe()
             .atomic()
             .add_command(add)
@@ -234,8 +249,12 @@ impl DeadLetters {
     pub async fn remove(&self, id: &str) -> Result<()> {
         let (key, entry, _) = self.locate(id)?;
         let mut conn = self.conn();
-        let n: i64 =
-            redis::cmd("XDEL").arg(&key).arg(entry).query_async(&mut conn).await.map_err(Error::redis("XDEL"))?;
+        let n: i64 = redis::cmd("XDEL")
+            .arg(&key)
+            .arg(entry)
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::redis("XDEL"))?;
         if n == 0 {
             return Err(Error::DeadLetterNotFound(id.to_owned()));
         }
@@ -266,11 +285,17 @@ impl DeadLetters {
     }
 
     fn locate<'a>(&self, id: &'a str) -> Result<(String, &'a str, &'a str)> {
-        let (event, entry) = id.rsplit_once('/').ok_or_else(|| Error::DeadLetterNotFound(id.to_owned()))?;
+        let (event, entry) = id
+            .rsplit_once('/')
+            .ok_or_else(|| Error::DeadLetterNotFound(id.to_owned()))?;
         if event.is_empty() || entry.is_empty() {
             return Err(Error::DeadLetterNotFound(id.to_owned()));
         }
-        Ok((transport::dlq_key(&self.bus.config.namespace, event), entry, event))
+        Ok((
+            transport::dlq_key(&self.bus.config.namespace, event),
+            entry,
+            event,
+        ))
     }
 }
 
@@ -286,10 +311,13 @@ fn as_text(v: &Value) -> Option<String> {
 fn parse(event: &str, entry: &str, map: &HashMap<String, Value>) -> DeadLetter {
     let text = |name: &str| map.get(name).and_then(as_text).unwrap_or_default();
     let raw = text("envelope");
-    let failed_at = humantime::parse_rfc3339_weak(&text("failed_at")).unwrap_or(SystemTime::UNIX_EPOCH);
+    let failed_at =
+        humantime::parse_rfc3339_weak(&text("failed_at")).unwrap_or(SystemTime::UNIX_EPOCH);
     DeadLetter {
         id: format!("{event}/{entry}"),
-        event_id: Some(text("event_id")).filter(|s| !s.is_empty()).map(EventId::from),
+        event_id: Some(text("event_id"))
+            .filter(|s| !s.is_empty())
+            .map(EventId::from),
         event_name: event.to_owned(),
         handler: text("handler"),
         error: text("error"),

@@ -172,49 +172,82 @@ pub(crate) struct Decoded<'a> {
 
 /// Why an envelope was rejected; the text goes into the dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rejected(pub(crate) String);
+pub(crate) struct Rejected {
+    pub(crate) reason: String,
+    /// The envelope's `id`, when it was read before the envelope was rejected.
+    pub(crate) id: Option<EventId>,
+}
+
+impl Rejected {
+    fn new(reason: impl Into<String>) -> Self {
+        Rejected {
+            reason: reason.into(),
+            id: None,
+        }
+    }
+}
 
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.reason)
     }
 }
 
 /// Decodes and validates an envelope's attributes. Never panics, whatever the input.
 pub(crate) fn decode(raw: &str) -> Result<Decoded<'_>, Rejected> {
     if raw.trim().is_empty() {
-        return Err(Rejected("empty envelope".into()));
+        return Err(Rejected::new("empty envelope"));
     }
     let env: Incoming<'_> = serde_json::from_str(raw)
-        .map_err(|e| Rejected(format!("cannot decode envelope: {e}")))?;
+        .map_err(|e| Rejected::new(format!("cannot decode envelope: {e}")))?;
     match env.specversion.as_deref() {
         Some(v) if v == SPEC_VERSION || v.starts_with("1.") => {}
-        Some(v) => return Err(Rejected(format!("unsupported specversion {v:?}: expected \"1.0\""))),
-        None => return Err(Rejected("envelope has no `specversion`".into())),
+        Some(v) => {
+            return Err(Rejected::new(format!(
+                "unsupported specversion {v:?}: expected \"1.0\""
+            )));
+        }
+        None => return Err(Rejected::new("envelope has no `specversion`")),
     }
     let id = match env.id {
         Some(id) if !id.is_empty() => EventId::from(id),
-        _ => return Err(Rejected("envelope has no `id`".into())),
+        _ => return Err(Rejected::new("envelope has no `id`")),
+    };
+    let reject = |reason: String| Rejected {
+        reason,
+        id: Some(id.clone()),
     };
     let ty = match env.ty {
         Some(ty) if !ty.is_empty() => ty,
-        _ => return Err(Rejected("envelope has no `type`".into())),
+        _ => return Err(reject("envelope has no `type`".into())),
     };
     if let Some(ct) = &env.datacontenttype {
-        let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let ct = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if !(ct == "application/json" || ct == "text/json" || ct.ends_with("+json")) {
-            return Err(Rejected(format!("unsupported datacontenttype {ct:?}: only JSON data is accepted")));
+            return Err(reject(format!(
+                "unsupported datacontenttype {ct:?}: only JSON data is accepted"
+            )));
         }
     }
     let version = match env.schemaversion {
         None => 1,
-        Some(v) => parse_version(&v)
-            .ok_or_else(|| Rejected(format!("invalid schemaversion {v}: expected a positive integer")))?,
+        Some(v) => parse_version(&v).ok_or_else(|| {
+            reject(format!(
+                "invalid schemaversion {v}: expected a positive integer"
+            ))
+        })?,
     };
     let data = match env.data {
         Some(d) => d,
         None if env.data_base64.is_some() => {
-            return Err(Rejected("`data_base64` is not supported: send JSON in `data`".into()));
+            return Err(reject(
+                "`data_base64` is not supported: send JSON in `data`".into(),
+            ));
         }
         None => null_raw(),
     };
@@ -222,7 +255,10 @@ pub(crate) fn decode(raw: &str) -> Result<Decoded<'_>, Rejected> {
         id,
         ty,
         version,
-        correlation_id: env.correlationid.filter(|s| !s.is_empty()).map(EventId::from),
+        correlation_id: env
+            .correlationid
+            .filter(|s| !s.is_empty())
+            .map(EventId::from),
         causation_id: env.causationid.filter(|s| !s.is_empty()).map(EventId::from),
         data,
     })
@@ -273,13 +309,22 @@ mod tests {
             (r#"{"specversion":"1.0","type":"t"}"#, "no `id`"),
             (r#"{"specversion":"1.0","id":"a"}"#, "no `type`"),
             (r#"{"id":"a","type":"t"}"#, "no `specversion`"),
-            (r#"{"specversion":"1.0","id":"a","type":"t","schemaversion":0}"#, "invalid schemaversion"),
-            (r#"{"specversion":"1.0","id":"a","type":"t","datacontenttype":"text/plain"}"#, "datacontenttype"),
-            (r#"{"specversion":"1.0","id":"a","type":"t","data_base64":"AA=="}"#, "data_base64"),
+            (
+                r#"{"specversion":"1.0","id":"a","type":"t","schemaversion":0}"#,
+                "invalid schemaversion",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"a","type":"t","datacontenttype":"text/plain"}"#,
+                "datacontenttype",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"a","type":"t","data_base64":"AA=="}"#,
+                "data_base64",
+            ),
             ("[1,2]", "cannot decode envelope"),
         ] {
             let err = decode(raw).expect_err(raw);
-            assert!(err.0.contains(reason), "{raw}: {err}");
+            assert!(err.reason.contains(reason), "{raw}: {err}");
         }
     }
 

@@ -110,7 +110,9 @@ pub enum Error {
     },
 
     /// An event's envelope is larger than the configured maximum payload.
-    #[error("event `{event}` is {size} bytes as an envelope, more than the maximum of {max}: raise `max_payload` (EVENTBUS_MAX_PAYLOAD) or publish a reference to the data instead")]
+    #[error(
+        "event `{event}` is {size} bytes as an envelope, more than the maximum of {max}: raise `max_payload` (EVENTBUS_MAX_PAYLOAD) or publish a reference to the data instead"
+    )]
     PayloadTooLarge {
         /// The event name.
         event: &'static str,
@@ -134,7 +136,15 @@ impl Error {
         move |source| Error::Redis { command, source }
     }
 
-    pub(crate) fn config(key: &'static str, value: impl Into<String>, hint: impl Into<String>) -> Error {
-        Error::Config { key, value: value.into(), hint: hint.into() }
+    pub(crate) fn config(
+        key: &'static str,
+        value: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Error {
+        Error::Config {
+            key,
+            value: value.into(),
+            hint: hint.into(),
+        }
     }
 }

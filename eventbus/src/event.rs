@@ -54,7 +54,10 @@ pub struct EventRegistration {
 impl EventRegistration {
     /// Called by the derive.
     pub const fn new<E: DomainEvent>() -> Self {
-        Self { name: E::NAME, type_name: core::any::type_name::<E> }
+        Self {
+            name: E::NAME,
+            type_name: core::any::type_name::<E>,
+        }
     }
 }
 

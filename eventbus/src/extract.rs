@@ -94,13 +94,19 @@ impl<T: Clone + Send + Sync + 'static> FromContext for State<T> {
         if states.contains::<T>() {
             Ok(())
         } else {
-            Err(Error::MissingState { handler: String::new(), type_name: std::any::type_name::<T>() })
+            Err(Error::MissingState {
+                handler: String::new(),
+                type_name: std::any::type_name::<T>(),
+            })
         }
     }
 
     fn from_context(ctx: &Context) -> Result<Self, Error> {
         ctx.states().get::<T>().cloned().map(State).ok_or_else(|| {
-            Error::Extract(format!("no state of type `{}` was given to the bus", std::any::type_name::<T>()))
+            Error::Extract(format!(
+                "no state of type `{}` was given to the bus",
+                std::any::type_name::<T>()
+            ))
         })
     }
 }
@@ -118,7 +124,9 @@ impl States {
 
     /// The value of type `T`, if one was given.
     pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.map.get(&TypeId::of::<T>()).and_then(|v| v.downcast_ref::<T>())
+        self.map
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
     }
 
     /// Whether a value of type `T` was given.
@@ -129,6 +137,8 @@ impl States {
 
 impl fmt::Debug for States {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("States").field("len", &self.map.len()).finish()
+        f.debug_struct("States")
+            .field("len", &self.map.len())
+            .finish()
     }
 }

@@ -43,7 +43,12 @@ pub struct HandlerOptions {
 impl HandlerOptions {
     /// No option set.
     pub const fn new() -> Self {
-        Self { retries: None, backoff: None, max_backoff: None, concurrency: None }
+        Self {
+            retries: None,
+            backoff: None,
+            max_backoff: None,
+            concurrency: None,
+        }
     }
     /// `retries = N`: retries after the first attempt.
     pub const fn retries(mut self, n: u32) -> Self {

@@ -38,9 +38,7 @@ where
 }
 
 /// Checks an argument type at start-up; generated with the argument's span.
-pub fn check_extractor<T: crate::FromContext>(
-    states: &crate::States,
-) -> Result<(), crate::Error> {
+pub fn check_extractor<T: crate::FromContext>(states: &crate::States) -> Result<(), crate::Error> {
     T::check(states)
 }
 

@@ -28,7 +28,10 @@ pub(crate) fn all_handlers() -> Result<Vec<&'static HandlerRegistration>> {
             return Err(Error::config(
                 "#[event_handler(name)]",
                 h.name,
-                format!("handler names must be non-empty without whitespace (handler at {})", h.location()),
+                format!(
+                    "handler names must be non-empty without whitespace (handler at {})",
+                    h.location()
+                ),
             ));
         }
     }
@@ -48,7 +51,11 @@ fn check_events(handlers: &[&'static HandlerRegistration]) -> Result<()> {
     for (name, ty) in pairs {
         match by_name.get(name) {
             Some(&other) if other != ty => {
-                return Err(Error::DuplicateEvent { name: name.to_owned(), first: other, second: ty });
+                return Err(Error::DuplicateEvent {
+                    name: name.to_owned(),
+                    first: other,
+                    second: ty,
+                });
             }
             Some(_) => {}
             None => {
@@ -71,13 +78,19 @@ pub(crate) fn select(
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 match handlers.iter().find(|h| h.name == name) {
-                    Some(h) if !out.iter().any(|o: &&HandlerRegistration| o.name == h.name) => out.push(*h),
+                    Some(h) if !out.iter().any(|o: &&HandlerRegistration| o.name == h.name) => {
+                        out.push(*h)
+                    }
                     Some(_) => {}
                     None => {
                         let known = handlers.iter().map(|h| h.name).collect::<Vec<_>>();
                         return Err(Error::UnknownHandler {
                             name: name.clone(),
-                            known: if known.is_empty() { "(none)".to_owned() } else { known.join(", ") },
+                            known: if known.is_empty() {
+                                "(none)".to_owned()
+                            } else {
+                                known.join(", ")
+                            },
                         });
                     }
                 }
@@ -87,9 +100,10 @@ pub(crate) fn select(
     };
     for h in &selected {
         (h.check)(states).map_err(|e| match e {
-            Error::MissingState { type_name, .. } => {
-                Error::MissingState { handler: h.name.to_owned(), type_name }
-            }
+            Error::MissingState { type_name, .. } => Error::MissingState {
+                handler: h.name.to_owned(),
+                type_name,
+            },
             other => other,
         })?;
     }

@@ -23,7 +23,10 @@ impl RetryPolicy {
     /// capped at `max_backoff`.
     pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(31));
-        self.backoff.saturating_mul(factor).min(self.max_backoff).max(self.backoff.min(self.max_backoff))
+        self.backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+            .max(self.backoff.min(self.max_backoff))
     }
 
     /// The delay after failed attempt `attempt`: uniformly random between the floor (`backoff`)
@@ -43,7 +46,11 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy { retries: 5, backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1) }
+        RetryPolicy {
+            retries: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        }
     }
 
     #[test]
@@ -61,7 +68,10 @@ mod tests {
         for attempt in 1..=10 {
             for _ in 0..200 {
                 let d = p.delay(attempt);
-                assert!(d >= p.backoff && d <= p.ceiling(attempt), "{attempt}: {d:?}");
+                assert!(
+                    d >= p.backoff && d <= p.ceiling(attempt),
+                    "{attempt}: {d:?}"
+                );
             }
         }
         assert_eq!(p.delay(1), Duration::from_millis(100));

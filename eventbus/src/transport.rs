@@ -20,13 +20,19 @@ pub(crate) fn dlq_key(namespace: &str, event: &str) -> String {
 
 /// The event name in a dead-letter key, if it is one.
 pub(crate) fn event_of_dlq_key<'a>(namespace: &str, key: &'a str) -> Option<&'a str> {
-    key.strip_prefix(namespace)?.strip_prefix(":{")?.strip_suffix("}:dlq")
+    key.strip_prefix(namespace)?
+        .strip_prefix(":{")?
+        .strip_suffix("}:dlq")
 }
 
 /// The URL with any password replaced by `***`, for messages and logs.
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((auth, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
     match auth.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => format!("{scheme}://***@{host}"),
@@ -37,12 +43,32 @@ pub(crate) fn client(config: &Config) -> Result<Client> {
     Client::open(config.redis_url.as_str()).map_err(|source| Error::Config {
         key: "REDIS_URL",
         value: redact(&config.redis_url),
-        hint: format!("not a valid Redis URL ({source}); expected redis://[user:password@]host:port[/db]"),
+        hint: format!(
+            "not a valid Redis URL ({source}); expected redis://[user:password@]host:port[/db]"
+        ),
     })
 }
 
 /// The shared connection for short commands (XADD, XACK, XAUTOCLAIM, ...). Reconnects by itself.
 pub(crate) async fn shared(client: &Client, config: &Config) -> Result<ConnectionManager> {
+    // Fail fast when Redis is unreachable: the connection manager retries its first connection
+    // with backoff (about 7 s with the settings below) whatever `connect_timeout` says.
+    let probe_cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.connect_timeout));
+    let connect_error = |source| Error::Connect {
+        url: redact(&config.redis_url),
+        source,
+    };
+    let mut probe = client
+        .get_multiplexed_async_connection_with_config(&probe_cfg)
+        .await
+        .map_err(connect_error)?;
+    redis::cmd("PING")
+        .query_async::<()>(&mut probe)
+        .await
+        .map_err(connect_error)?;
+    drop(probe);
     let cfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(Duration::from_secs(10)))
@@ -51,23 +77,34 @@ pub(crate) async fn shared(client: &Client, config: &Config) -> Result<Connectio
     let mut conn = client
         .get_connection_manager_with_config(cfg)
         .await
-        .map_err(|source| Error::Connect { url: redact(&config.redis_url), source })?;
+        .map_err(|source| Error::Connect {
+            url: redact(&config.redis_url),
+            source,
+        })?;
     // The connection manager connects lazily on some errors; make sure the server answers.
     redis::cmd("PING")
         .query_async::<()>(&mut conn)
         .await
-        .map_err(|source| Error::Connect { url: redact(&config.redis_url), source })?;
+        .map_err(|source| Error::Connect {
+            url: redact(&config.redis_url),
+            source,
+        })?;
     Ok(conn)
 }
 
 /// A dedicated connection for one reader's blocking XREADGROUP: its response timeout is the
 /// block time plus a margin, never the client's 500 ms default (which would cut every BLOCK
 /// short and leave phantom deliveries).
-pub(crate) async fn blocking(client: &Client, config: &Config) -> redis::RedisResult<MultiplexedConnection> {
+pub(crate) async fn blocking(
+    client: &Client,
+    config: &Config,
+) -> redis::RedisResult<MultiplexedConnection> {
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.block_time + Duration::from_secs(5)));
-    client.get_multiplexed_async_connection_with_config(&cfg).await
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
 }
 
 #[cfg(test)]
@@ -76,15 +113,27 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(stream_key("events", "chat.created"), "events:{chat.created}");
-        assert_eq!(dlq_key("events", "chat.created"), "events:{chat.created}:dlq");
-        assert_eq!(event_of_dlq_key("events", "events:{chat.created}:dlq"), Some("chat.created"));
+        assert_eq!(
+            stream_key("events", "chat.created"),
+            "events:{chat.created}"
+        );
+        assert_eq!(
+            dlq_key("events", "chat.created"),
+            "events:{chat.created}:dlq"
+        );
+        assert_eq!(
+            event_of_dlq_key("events", "events:{chat.created}:dlq"),
+            Some("chat.created")
+        );
         assert_eq!(event_of_dlq_key("events", "other:{chat.created}:dlq"), None);
     }
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("redis://user:secret@host:6379"), "redis://user:***@host:6379");
+        assert_eq!(
+            redact("redis://user:secret@host:6379"),
+            "redis://user:***@host:6379"
+        );
         assert_eq!(redact("redis://:secret@host"), "redis://:***@host");
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
