@@ -79,7 +79,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 /// ```
 ///
 /// The first argument is the event, taken by value; it must implement `DomainEvent`. Every
-/// further argument is extracted with `FromContext` (`Context`, `EventId`, `State<T>`, ...). The
+/// further argument is extracted with `FromContext` (`Context`, `State<T>`, or your own type). The
 /// function returns `Result<(), E>` where `E: Display`. It may be `pub` and live in any module;
 /// it stays callable as a normal function.
 ///

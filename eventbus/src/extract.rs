@@ -142,3 +142,9 @@ impl fmt::Debug for States {
             .finish()
     }
 }
+
+impl FromContext for crate::EventId {
+    fn from_context(ctx: &Context) -> Result<Self, Error> {
+        Ok(ctx.event_id())
+    }
+}

@@ -6,8 +6,8 @@ struct ChatCreated {
 }
 
 #[event_handler]
-async fn notify(ev: ChatCreated) {
-    let _ = ev;
+async fn notify(ev: ChatCreated) -> Result<u64, String> {
+    Ok(ev.chat_id)
 }
 
 fn main() {}

@@ -1,0 +1,13 @@
+use eventbus::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+struct ChatCreated {
+    chat_id: u64,
+}
+
+#[event_handler]
+async fn notify(ev: ChatCreated) {
+    let _ = ev;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use eventbus::prelude::*;
+
+#[event_handler]
+struct Notifier;
+
+fn main() {}
