@@ -39,15 +39,26 @@ pub struct Db(Arc<Mutex<HashMap<u64, String>>>);
 #[event_handler]
 async fn notify_members(ev: ChatCreated, ctx: Context) -> anyhow::Result<()> {
     tracing::info!(chat_id = ev.chat_id, event_id = %ctx.event_id(), "notifying members");
-    ctx.publish(&MessagePosted { chat_id: ev.chat_id, text: format!("welcome to {}", ev.title) })
-        .await?;
+    ctx.publish(&MessagePosted {
+        chat_id: ev.chat_id,
+        text: format!("welcome to {}", ev.title),
+    })
+    .await?;
     Ok(())
 }
 
 /// Keeps a read model of chats, with its own retry policy.
-#[event_handler(name = "projection.chat", retries = 5, backoff = "100ms", concurrency = 4)]
+#[event_handler(
+    name = "projection.chat",
+    retries = 5,
+    backoff = "100ms",
+    concurrency = 4
+)]
 async fn project_chat(ev: ChatCreated, db: State<Db>) -> anyhow::Result<()> {
-    let mut chats = db.0.0.lock().map_err(|_| anyhow::anyhow!("db lock poisoned"))?;
+    let mut chats =
+        db.0.0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("db lock poisoned"))?;
     chats.insert(ev.chat_id, ev.title);
     tracing::info!(chats = chats.len(), "projected chat");
     Ok(())
@@ -78,11 +89,20 @@ async fn main() {
 }
 
 async fn run() -> eventbus::Result<()> {
-    let bus = Bus::builder().with_env()?.state(Db::default()).build().await?;
+    let bus = Bus::builder()
+        .with_env()?
+        .state(Db::default())
+        .build()
+        .await?;
     // Published before the handlers start: a new consumer group starts at the beginning of the
     // stream, so nothing published earlier is missed.
     for (chat_id, title) in [(1, "general"), (2, "random")] {
-        let id = bus.publish(&ChatCreated { chat_id, title: title.into() }).await?;
+        let id = bus
+            .publish(&ChatCreated {
+                chat_id,
+                title: title.into(),
+            })
+            .await?;
         tracing::info!(%id, chat_id, "published chat.created");
     }
     tracing::info!("running; press Ctrl-C to stop");

@@ -19,13 +19,12 @@ pub use crate::handler::{
     IntoHandlerResult,
 };
 
-use crate::event::DomainEvent;
 
 /// Decodes the envelope's `data` into the handler's event type.
 ///
-/// Generated code calls it with the span of the user's event type, so a type that is not a
-/// `DomainEvent` is reported there.
-pub fn decode<E: DomainEvent>(data: &RawValue) -> Result<E, serde_json::Error> {
+/// Bounded by `DeserializeOwned` only: the `DomainEvent` bound is checked once, by
+/// `HandlerRegistration::new`, so a type that forgot the derive gets one error, not two.
+pub fn decode<E: ::serde::de::DeserializeOwned>(data: &RawValue) -> Result<E, serde_json::Error> {
     serde_json::from_str(data.get())
 }
 
