@@ -333,4 +333,64 @@ mod tests {
         let raw = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(decode(&raw).is_err());
     }
+
+    mod fuzz {
+        use super::super::decode;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Arbitrary text never panics the decoder.
+            #[test]
+            fn any_text(raw in ".{0,300}") {
+                let _ = decode(&raw);
+            }
+
+            /// Arbitrary JSON values never panic the decoder.
+            #[test]
+            fn any_json(value in json_value()) {
+                let _ = decode(&value.to_string());
+            }
+
+            /// Envelopes with arbitrary attribute values: accepted ones keep their id and type.
+            #[test]
+            fn envelope_like(
+                id in proptest::option::of(json_value()),
+                ty in proptest::option::of(json_value()),
+                version in proptest::option::of(json_value()),
+                data in json_value(),
+            ) {
+                let mut obj = serde_json::Map::new();
+                obj.insert("specversion".into(), "1.0".into());
+                if let Some(id) = &id { obj.insert("id".into(), id.clone()); }
+                if let Some(ty) = &ty { obj.insert("type".into(), ty.clone()); }
+                if let Some(v) = &version { obj.insert("schemaversion".into(), v.clone()); }
+                obj.insert("data".into(), data);
+                let raw = serde_json::Value::Object(obj).to_string();
+                if let Ok(d) = decode(&raw) {
+                    prop_assert_eq!(Some(serde_json::Value::String(d.id.to_string())), id);
+                    prop_assert_eq!(Some(serde_json::Value::String(d.ty.clone())), ty);
+                    prop_assert!(d.version >= 1);
+                }
+            }
+        }
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                ".{0,20}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(".{0,8}", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+    }
 }

@@ -19,7 +19,6 @@ pub use crate::handler::{
     IntoHandlerResult,
 };
 
-
 /// Decodes the envelope's `data` into the handler's event type.
 ///
 /// Bounded by `DeserializeOwned` only: the `DomainEvent` bound is checked once, by
