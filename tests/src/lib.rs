@@ -48,7 +48,10 @@ impl RedisServer {
     ///
     /// When `redis-server` is not installed or does not come up (the log is in the message).
     pub fn start_with(persistence: Persistence, extra: &[&str]) -> RedisServer {
-        let mut dir = tempfile::Builder::new().prefix("eventbus-redis-").tempdir().expect("create temp dir");
+        let mut dir = tempfile::Builder::new()
+            .prefix("eventbus-redis-")
+            .tempdir()
+            .expect("create temp dir");
         let mut last_error = String::new();
         // A free port can be taken between probing and binding: try a few.
         for _ in 0..5 {
@@ -98,13 +101,22 @@ impl RedisServer {
                 cmd.arg("--appendonly").arg("no");
             }
             Persistence::AofAlways => {
-                cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always");
+                cmd.arg("--appendonly")
+                    .arg("yes")
+                    .arg("--appendfsync")
+                    .arg("always");
             }
             Persistence::AofEverySec => {
-                cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg("everysec");
+                cmd.arg("--appendonly")
+                    .arg("yes")
+                    .arg("--appendfsync")
+                    .arg("everysec");
             }
         }
-        cmd.args(&self.extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let child = cmd.spawn().map_err(|e| {
             format!("cannot run redis-server ({e}); install it (apt-get install redis-server)")
         })?;
@@ -115,21 +127,29 @@ impl RedisServer {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                return Err(format!("redis-server exited with {status}; log:\n{}", self.log()));
+                return Err(format!(
+                    "redis-server exited with {status}; log:\n{}",
+                    self.log()
+                ));
             }
             if self.ping() {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 self.kill();
-                return Err(format!("redis-server did not answer within 10s; log:\n{}", self.log()));
+                return Err(format!(
+                    "redis-server did not answer within 10s; log:\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20)); // ok: polling for readiness with a deadline
         }
     }
 
     fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else { return false };
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
         let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
             return false;
         };
@@ -180,7 +200,10 @@ impl RedisServer {
     ///
     /// When the server does not accept the connection.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        self.client().get_multiplexed_async_connection().await.expect("connect to test redis")
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
     }
 
     /// Kills the server with SIGKILL and waits for it to exit.
@@ -232,7 +255,11 @@ impl Drop for RedisServer {
 ///
 /// When `kill` cannot be run or fails.
 pub fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("run kill");
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
     assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
@@ -245,7 +272,11 @@ fn free_port() -> u16 {
 pub fn namespace(test: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("t-{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t-{test}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Waits until `cond` returns true, checking every 10 ms, for at most `timeout`.
@@ -263,7 +294,10 @@ where
         if cond().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await; // ok: poll interval under a deadline
     }
 }
@@ -295,9 +329,16 @@ pub fn dlq_key(namespace: &str, event: &str) -> String {
 /// # Panics
 ///
 /// When Redis fails.
-pub async fn pending_count(conn: &mut redis::aio::MultiplexedConnection, stream: &str, group: &str) -> u64 {
-    let reply: redis::RedisResult<redis::Value> =
-        redis::cmd("XPENDING").arg(stream).arg(group).query_async(conn).await;
+pub async fn pending_count(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> u64 {
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await;
     match reply {
         Ok(redis::Value::Array(items)) => match items.first() {
             Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
@@ -319,9 +360,17 @@ pub async fn last_delivered_id(
     stream: &str,
     group: &str,
 ) -> Option<String> {
-    let reply: redis::streams::StreamInfoGroupsReply =
-        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.expect("XINFO GROUPS");
-    reply.groups.into_iter().find(|g| g.name == group).map(|g| g.last_delivered_id)
+    let reply: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .expect("XINFO GROUPS");
+    reply
+        .groups
+        .into_iter()
+        .find(|g| g.name == group)
+        .map(|g| g.last_delivered_id)
 }
 
 /// The ids of every entry of a stream, oldest first.
@@ -330,8 +379,13 @@ pub async fn last_delivered_id(
 ///
 /// When Redis fails.
 pub async fn stream_ids(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.expect("XRANGE");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .expect("XRANGE");
     reply.ids.into_iter().map(|e| e.id).collect()
 }
 
@@ -354,11 +408,15 @@ impl ChildProcess {
     pub fn spawn(program: &str, env: &[(&str, &str)]) -> ChildProcess {
         use std::io::{BufRead, Read};
         let mut cmd = Command::new(program);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -385,7 +443,12 @@ impl ChildProcess {
                 }
             }
         });
-        ChildProcess { child: Some(child), lines, stdout: Vec::new(), stderr }
+        ChildProcess {
+            child: Some(child),
+            lines,
+            stdout: Vec::new(),
+            stderr,
+        }
     }
 
     /// The process id.
@@ -448,7 +511,9 @@ impl ChildProcess {
     ///
     /// When the status cannot be read.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait"))
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
     }
 
     /// Sends a signal (`"TERM"`, `"STOP"`, ...) to the process.

@@ -33,7 +33,9 @@ async fn job(ev: Job, rec: State<Recorder>) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(ev.sleep_ms)).await;
     }
     let mut conn = rec.conn.clone();
-    let _: i64 = conn.rpush(&rec.key, format!("{}:{}", ev.n, rec.consumer)).await?;
+    let _: i64 = conn
+        .rpush(&rec.key, format!("{}:{}", ev.n, rec.consumer))
+        .await?;
     Ok(())
 }
 
@@ -41,12 +43,18 @@ async fn job(ev: Job, rec: State<Recorder>) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("REDIS_URL")?;
     let ns = std::env::var("EVENTBUS_NAMESPACE")?;
-    let conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
     let mut builder = Bus::builder();
     builder.with_env()?;
-    let consumer =
-        std::env::var("EVENTBUS_CONSUMER").unwrap_or_else(|_| format!("consumer-{}", std::process::id()));
-    let recorder = Recorder { conn, key: format!("{ns}:handled"), consumer: consumer.clone() };
+    let consumer = std::env::var("EVENTBUS_CONSUMER")
+        .unwrap_or_else(|_| format!("consumer-{}", std::process::id()));
+    let recorder = Recorder {
+        conn,
+        key: format!("{ns}:handled"),
+        consumer: consumer.clone(),
+    };
     let bus = builder.consumer(consumer).state(recorder).build().await?;
     let running = bus.start().await?;
     println!("ready {}", bus.consumer_name());
