@@ -20,7 +20,7 @@ use quote::ToTokens;
 
 /// Implements `DomainEvent` for a struct or an enum and registers the event at link time.
 ///
-/// ```ignore
+/// ```text
 /// use eventbus::prelude::*;
 ///
 /// #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
@@ -64,7 +64,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 
 /// Registers an `async fn` as a handler of the event type of its first argument.
 ///
-/// ```ignore
+/// ```text
 /// use eventbus::prelude::*;
 ///
 /// #[event_handler]
