@@ -49,10 +49,9 @@ async fn worker(task: Task, w: State<Worker>) -> anyhow::Result<()> {
     w.started.lock().expect("lock").insert(task.n);
     match task.kind {
         Kind::Quick => {}
-        // ok: simulated work that is in flight when shutdown begins; no test waits on this sleep
-        Kind::Medium => tokio::time::sleep(Duration::from_millis(300)).await,
-        // ok: a handler that outlives the drain timeout; shutdown abandons it
-        Kind::Stuck if w.stall => tokio::time::sleep(Duration::from_secs(120)).await,
+        Kind::Medium => tokio::time::sleep(Duration::from_millis(300)).await, // ok: simulated in-flight work
+        Kind::Stuck if w.stall => tokio::time::sleep(Duration::from_secs(120)).await, // ok: outlives the drain
+
         Kind::Stuck => {}
     }
     w.finished.lock().expect("lock").push(task.n);
