@@ -51,7 +51,6 @@ async fn worker(task: Task, w: State<Worker>) -> anyhow::Result<()> {
         Kind::Quick => {}
         Kind::Medium => tokio::time::sleep(Duration::from_millis(300)).await, // ok: simulated in-flight work
         Kind::Stuck if w.stall => tokio::time::sleep(Duration::from_secs(120)).await, // ok: outlives the drain
-
         Kind::Stuck => {}
     }
     w.finished.lock().expect("lock").push(task.n);
