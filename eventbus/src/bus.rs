@@ -1,6 +1,7 @@
 //! [`Bus`]: publish events and run handlers; [`RunningBus`]: the handle for shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::event::DomainEvent;
 use crate::extract::States;
 use crate::handler::HandlerRegistration;
+use crate::health::{Health, Stats};
 use crate::{registry, transport};
 
 /// An event bus over Redis: publishes events and runs the registered handlers.
@@ -82,9 +84,20 @@ impl Publisher {
         }
         cmd.arg("*").arg(envelope::FIELD_ENVELOPE).arg(json);
         let mut conn = self.conn.clone();
-        cmd.query_async::<String>(&mut conn)
-            .await
-            .map_err(Error::redis("XADD"))?;
+        // Transient connection errors are retried with the same envelope (same id): a retry after
+        // a reply was lost may store the event twice, both copies carrying one id.
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            match cmd.query_async::<String>(&mut conn).await {
+                Ok(_) => return Ok(id),
+                Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
+                    tracing::debug!(event_name = E::NAME, error = %e, attempt, "publish failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(Error::redis("XADD")(e)),
+            }
+        }
         Ok(id)
     }
 }
@@ -110,7 +123,8 @@ impl Bus {
         let states = Arc::new(builder.states.clone());
         let handlers = registry::select(&all_handlers, config.handlers.as_deref(), &states)?;
         let client = transport::client(&config)?;
-        let conn = transport::shared(&client, &config).await?;
+        let mut conn = transport::shared(&client, &config).await?;
+        check_eviction(&mut conn, &config).await?;
         let publisher = Publisher {
             conn: conn.clone(),
             namespace: config.namespace.as_str().into(),
@@ -179,6 +193,7 @@ impl Bus {
         let abort = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut readers = Vec::with_capacity(self.inner.handlers.len());
+        let mut stats = Vec::with_capacity(self.inner.handlers.len());
         for handler in &self.inner.handlers {
             let reader = Reader::new(
                 self.inner.clone(),
@@ -188,6 +203,7 @@ impl Bus {
                 tracker.clone(),
             );
             reader.ensure_group().await?;
+            stats.push(reader.stats());
             readers.push(reader.connect().await?);
         }
         for reader in readers {
@@ -200,6 +216,7 @@ impl Bus {
             "eventbus started"
         );
         Ok(RunningBus {
+            stats,
             cancel,
             abort,
             tracker,
@@ -219,6 +236,41 @@ impl Bus {
         let drained = running.shutdown().await;
         signal.and(drained)
     }
+}
+
+/// Publish attempts on transient connection errors.
+const PUBLISH_ATTEMPTS: u32 = 4;
+
+/// Streams are the only copy of undelivered events: warn (or refuse) when Redis may evict them.
+async fn check_eviction(conn: &mut ConnectionManager, config: &Config) -> Result<()> {
+    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    let policy = match reply {
+        Ok(pair) => pair.into_iter().nth(1).unwrap_or_default(),
+        Err(e) => {
+            // Managed services and ACL users often may not run CONFIG: skip the check.
+            tracing::debug!(error = %e, "cannot read maxmemory-policy; eviction check skipped");
+            return Ok(());
+        }
+    };
+    if !policy.starts_with("allkeys-") {
+        return Ok(());
+    }
+    if config.refuse_eviction {
+        return Err(Error::config(
+            "maxmemory-policy",
+            policy,
+            "Redis may evict streams, losing events and consumer groups: set `maxmemory-policy noeviction` (or a volatile-* policy), or drop `refuse_evicting_redis`",
+        ));
+    }
+    tracing::warn!(
+        maxmemory_policy = %policy,
+        "Redis maxmemory-policy {policy} may evict event streams under memory pressure, losing events and consumer groups; use noeviction for an event bus"
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() -> Result<()> {
@@ -242,6 +294,7 @@ async fn shutdown_signal() -> Result<()> {
 #[derive(Debug)]
 #[must_use = "dropping a RunningBus stops it at once; call `shutdown().await` to drain"]
 pub struct RunningBus {
+    stats: Vec<(&'static str, Arc<Stats>)>,
     cancel: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
@@ -249,6 +302,18 @@ pub struct RunningBus {
 }
 
 impl RunningBus {
+    /// What every reader is doing now: connected or not, the last error, and counters.
+    /// [`Health::is_healthy`] is the readiness check.
+    pub fn health(&self) -> Health {
+        Health {
+            readers: self
+                .stats
+                .iter()
+                .map(|(name, s)| s.snapshot(name))
+                .collect(),
+        }
+    }
+
     /// Stops reading, lets in-flight handler runs finish within the drain timeout and acks them.
     /// Runs still going after the timeout are abandoned: their events stay pending and another
     /// consumer claims them after the visibility timeout.

@@ -1,5 +1,6 @@
 //! [`BusBuilder`]: every setting, its environment variable, and validation.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -24,6 +25,23 @@ pub(crate) struct Config {
     pub(crate) max_len: Option<usize>,
     pub(crate) max_payload: usize,
     pub(crate) connect_timeout: Duration,
+    pub(crate) tls: TlsFiles,
+    pub(crate) refuse_eviction: bool,
+}
+
+/// PEM files for `rediss://` connections.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsFiles {
+    /// Trust these roots instead of the system's.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Client certificate and key, for servers that require mutual TLS.
+    pub(crate) client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.client_cert.is_none()
+    }
 }
 
 /// Builds a [`Bus`](crate::Bus). Every setting has a default that works against a local Redis,
@@ -48,6 +66,9 @@ pub(crate) struct Config {
 /// | [`concurrency`](Self::concurrency) | `EVENTBUS_CONCURRENCY` | `16` |
 /// | [`max_len`](Self::max_len) | `EVENTBUS_MAX_LEN` | unbounded |
 /// | [`max_payload`](Self::max_payload) | `EVENTBUS_MAX_PAYLOAD` (bytes) | `1048576` |
+/// | [`tls_ca_file`](Self::tls_ca_file) | `EVENTBUS_TLS_CA_FILE` | the system's roots |
+/// | [`tls_client_cert`](Self::tls_client_cert) | `EVENTBUS_TLS_CERT_FILE`, `EVENTBUS_TLS_KEY_FILE` | none |
+/// | [`refuse_evicting_redis`](Self::refuse_evicting_redis) | `EVENTBUS_REFUSE_EVICTION` | `false` (warn) |
 ///
 /// Durations are written like `250ms`, `5s`, `2m`. Retry settings and concurrency given here are
 /// defaults for handlers whose `#[event_handler(...)]` does not set them.
@@ -84,6 +105,8 @@ pub struct BusBuilder {
     max_len: Option<usize>,
     max_payload: usize,
     connect_timeout: Duration,
+    tls: TlsFiles,
+    refuse_eviction: bool,
     pub(crate) states: States,
 }
 
@@ -107,6 +130,8 @@ impl Default for BusBuilder {
             max_len: None,
             max_payload: 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
+            tls: TlsFiles::default(),
+            refuse_eviction: false,
             states: States::default(),
         }
     }
@@ -312,6 +337,46 @@ impl BusBuilder {
         self
     }
 
+    /// Trusts the CA certificates in this PEM file for `rediss://` connections, instead of the
+    /// system's roots.
+    ///
+    /// ```
+    /// # let mut b = eventbus::Bus::builder();
+    /// b.redis_url("rediss://redis.internal:6380").tls_ca_file("/etc/redis/ca.pem");
+    /// ```
+    pub fn tls_ca_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files) to servers that require mutual TLS.
+    ///
+    /// ```
+    /// # let mut b = eventbus::Bus::builder();
+    /// b.tls_client_cert("/etc/eventbus/client.pem", "/etc/eventbus/client.key");
+    /// ```
+    pub fn tls_client_cert(
+        &mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> &mut Self {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Refuses to start against a Redis whose `maxmemory-policy` may evict streams
+    /// (`allkeys-*`): evicting a stream loses its events and its consumer groups. Default: start,
+    /// with a warning.
+    ///
+    /// ```
+    /// # let mut b = eventbus::Bus::builder();
+    /// b.refuse_evicting_redis(true);
+    /// ```
+    pub fn refuse_evicting_redis(&mut self, refuse: bool) -> &mut Self {
+        self.refuse_eviction = refuse;
+        self
+    }
+
     /// Adds a state value that handlers take as [`State<T>`](crate::State). One value per type.
     ///
     /// ```
@@ -346,6 +411,33 @@ impl BusBuilder {
         }
         if let Some(v) = var("EVENTBUS_CONSUMER") {
             self.consumer = Some(v);
+        }
+        if let Some(v) = var("EVENTBUS_TLS_CA_FILE") {
+            self.tls.ca_file = Some(v.into());
+        }
+        match (var("EVENTBUS_TLS_CERT_FILE"), var("EVENTBUS_TLS_KEY_FILE")) {
+            (Some(cert), Some(key)) => self.tls.client_cert = Some((cert.into(), key.into())),
+            (None, None) => {}
+            (Some(v), None) | (None, Some(v)) => {
+                return Err(Error::config(
+                    "EVENTBUS_TLS_CERT_FILE",
+                    v,
+                    "set both EVENTBUS_TLS_CERT_FILE and EVENTBUS_TLS_KEY_FILE, or neither",
+                ));
+            }
+        }
+        if let Some(v) = var("EVENTBUS_REFUSE_EVICTION") {
+            self.refuse_eviction = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" | "" => false,
+                _ => {
+                    return Err(Error::config(
+                        "EVENTBUS_REFUSE_EVICTION",
+                        v,
+                        "expected true or false",
+                    ));
+                }
+            };
         }
         if let Some(v) = var("EVENTBUS_HANDLERS") {
             self.handlers = Some(
@@ -514,6 +606,8 @@ impl BusBuilder {
             max_len: self.max_len,
             max_payload: self.max_payload,
             connect_timeout: positive("connect_timeout", self.connect_timeout)?,
+            tls: self.tls.clone(),
+            refuse_eviction: self.refuse_eviction,
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::dlq::{self, Failure};
 use crate::envelope::{self, EventId};
 use crate::error::{Error, Result};
 use crate::handler::HandlerRegistration;
+use crate::health::Stats;
 use crate::retry::RetryPolicy;
 use crate::transport;
 
@@ -40,17 +41,21 @@ struct Shared {
     cancel: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
+    stats: Arc<Stats>,
 }
 
 /// The reader of one durable handler.
 pub(crate) struct Reader {
     shared: Arc<Shared>,
-    conn: Option<(MultiplexedConnection, i64)>,
+    /// The dedicated blocking connection and its `CLIENT ID` (when the ACL allows asking).
+    conn: Option<(MultiplexedConnection, Option<i64>)>,
 }
 
 /// How one delivery ended.
 enum Outcome {
     Ack,
+    /// The entry was deleted from the stream while pending: ack it away and count the loss.
+    Lost,
     DeadLetter(Failure),
     /// Shutdown abandoned the run: the entry stays pending for another consumer.
     Abandoned,
@@ -90,6 +95,7 @@ impl Reader {
             cancel,
             abort,
             tracker,
+            stats: Arc::new(Stats::default()),
         };
         Reader {
             shared: Arc::new(shared),
@@ -99,6 +105,11 @@ impl Reader {
 
     fn group(&self) -> &'static str {
         self.shared.handler.name
+    }
+
+    /// The reader's live counters, for [`Health`](crate::Health).
+    pub(crate) fn stats(&self) -> (&'static str, Arc<Stats>) {
+        (self.group(), self.shared.stats.clone())
     }
 
     /// `XGROUP CREATE <stream> <handler> 0 MKSTREAM`: a new group starts at the beginning of the
@@ -122,11 +133,17 @@ impl Reader {
     async fn reconnect(&mut self) -> redis::RedisResult<()> {
         let mut conn =
             transport::blocking(&self.shared.bus.client, &self.shared.bus.config).await?;
-        let id: i64 = redis::cmd("CLIENT")
+        // Used to release a blocked read at shutdown; optional, since an ACL may deny CLIENT.
+        let id: Option<i64> = redis::cmd("CLIENT")
             .arg("ID")
             .query_async(&mut conn)
-            .await?;
+            .await
+            .ok();
         self.conn = Some((conn, id));
+        self.shared
+            .stats
+            .connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -134,13 +151,17 @@ impl Reader {
     pub(crate) async fn run(mut self) {
         let shared = self.shared.clone();
         let config = &shared.bus.config;
+        let stats = &shared.stats;
         let mut retry_delay = Duration::from_millis(100);
         // Start by re-reading our own pending entries (a restart under a stable consumer name,
         // or deliveries a dropped connection never showed us), then switch to new entries.
         let mut pending_cursor: Option<String> = Some("0".to_owned());
         let mut next_claim = Instant::now();
+        let lease_interval = (config.visibility_timeout / 3).max(Duration::from_millis(10));
+        let mut next_lease = Instant::now() + lease_interval;
         while !shared.cancel.is_cancelled() {
             if self.conn.is_none() {
+                Stats::add(&stats.reconnects, 1);
                 match self.reconnect().await {
                     Ok(()) => {
                         tracing::info!(handler = self.group(), "reader reconnected");
@@ -149,6 +170,7 @@ impl Reader {
                     }
                     Err(e) => {
                         tracing::warn!(handler = self.group(), error = %e, "reader cannot connect; retrying");
+                        stats.set_error(Some(format!("cannot connect: {e}")));
                         if !self.pause(&mut retry_delay).await {
                             break;
                         }
@@ -156,7 +178,12 @@ impl Reader {
                     }
                 }
             }
-            if Instant::now() >= next_claim {
+            let now = Instant::now();
+            if now >= next_lease {
+                self.renew_leases().await;
+                next_lease = now + lease_interval;
+            }
+            if now >= next_claim {
                 if let Err(e) = self.claim_abandoned().await {
                     tracing::warn!(handler = self.group(), error = %e, "claiming abandoned entries failed");
                 }
@@ -172,10 +199,12 @@ impl Reader {
             let count = config
                 .batch_size
                 .min(1 + shared.semaphore.available_permits());
-            let until_claim = next_claim.saturating_duration_since(Instant::now());
+            let until_timer = next_claim
+                .min(next_lease)
+                .saturating_duration_since(Instant::now());
             let block = config
                 .block_time
-                .min(until_claim)
+                .min(until_timer)
                 .max(Duration::from_millis(1));
             let result = match &pending_cursor {
                 Some(cursor) => self.read(cursor.clone(), count, None).await,
@@ -184,6 +213,7 @@ impl Reader {
             match result {
                 Ok(entries) => {
                     retry_delay = Duration::from_millis(100);
+                    stats.set_error(None);
                     if pending_cursor.is_some() {
                         match entries.last() {
                             Some(last) => pending_cursor = Some(last.id.clone()),
@@ -198,14 +228,25 @@ impl Reader {
                 }
                 Err(e) => {
                     drop(first);
+                    Stats::add(&stats.read_errors, 1);
+                    stats.set_error(Some(e.to_string()));
                     if e.code() == Some("NOGROUP") {
                         tracing::warn!(handler = self.group(), stream = %shared.stream, "consumer group or stream is gone; recreating it");
                         let mut conn = shared.bus.conn.clone();
-                        if let Err(e) = ensure_group(&mut conn, &shared.stream, self.group()).await
-                        {
-                            tracing::warn!(handler = self.group(), error = %e, "cannot recreate consumer group");
+                        match ensure_group(&mut conn, &shared.stream, self.group()).await {
+                            Ok(()) => Stats::add(&stats.groups_recreated, 1),
+                            Err(e) => {
+                                tracing::warn!(handler = self.group(), error = %e, "cannot recreate consumer group");
+                            }
                         }
                         pending_cursor = Some("0".to_owned());
+                    } else if e.code() == Some("NOPERM") {
+                        tracing::error!(
+                            handler = self.group(),
+                            stream = %shared.stream,
+                            error = %e,
+                            "permission denied by the Redis ACL: grant this user the namespace's keys and the stream commands (see the README's ACL section)"
+                        );
                     } else if e.is_io_error()
                         || e.is_timeout()
                         || e.is_connection_dropped()
@@ -213,6 +254,9 @@ impl Reader {
                     {
                         tracing::warn!(handler = self.group(), error = %e, "reader connection lost; reconnecting");
                         self.conn = None;
+                        stats
+                            .connected
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
                     } else {
                         tracing::warn!(handler = self.group(), error = %e, "read failed; retrying");
                     }
@@ -222,7 +266,38 @@ impl Reader {
                 }
             }
         }
+        stats
+            .connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(handler = self.group(), "reader stopped");
+    }
+
+    /// Renews the lease of every entry running here: `XCLAIM ... JUSTID` resets its idle time
+    /// without counting a delivery, so a slow but alive handler keeps its entry and no other
+    /// consumer claims it after the visibility timeout.
+    async fn renew_leases(&self) {
+        let ids: Vec<String> = self
+            .shared
+            .inflight
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return;
+        }
+        let mut conn = self.shared.bus.conn.clone();
+        let r = redis::cmd("XCLAIM")
+            .arg(&self.shared.stream)
+            .arg(self.group())
+            .arg(&self.shared.consumer)
+            .arg(0)
+            .arg(&ids)
+            .arg("JUSTID")
+            .query_async::<Vec<String>>(&mut conn)
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(handler = self.group(), error = %e, "cannot renew leases");
+        }
     }
 
     /// Waits out a retry delay (doubling up to 5 s); false when shutdown came first.
@@ -263,8 +338,10 @@ impl Reader {
         let reply = tokio::select! {
             r = &mut read => r,
             () = self.shared.cancel.cancelled() => {
-                let mut shared_conn = self.shared.bus.conn.clone();
-                let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query_async::<i64>(&mut shared_conn).await;
+                if let Some(client_id) = client_id {
+                    let mut shared_conn = self.shared.bus.conn.clone();
+                    let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query_async::<i64>(&mut shared_conn).await;
+                }
                 let grace = self.shared.bus.config.block_time + Duration::from_secs(1);
                 match tokio::time::timeout(grace, read).await {
                     Ok(r) => r,
@@ -360,6 +437,7 @@ impl Reader {
                 .query_async(&mut conn)
                 .await?;
             if !reply.deleted_ids.is_empty() {
+                Stats::add(&shared.stats.lost_entries, reply.deleted_ids.len() as u64);
                 tracing::warn!(
                     handler = self.group(),
                     lost = reply.deleted_ids.len(),
@@ -373,6 +451,7 @@ impl Reader {
                     .await;
             }
             if !reply.claimed.is_empty() {
+                Stats::add(&shared.stats.claimed, reply.claimed.len() as u64);
                 tracing::info!(
                     handler = self.group(),
                     claimed = reply.claimed.len(),
@@ -455,7 +534,14 @@ async fn handle_entry(shared: &Shared, entry: StreamId, deliveries: u32) {
     let outcome = run_entry(shared, &entry.map, deliveries).await;
     let mut conn = shared.bus.conn.clone();
     match outcome {
-        Outcome::Ack => ack(shared, &mut conn, &entry.id).await,
+        Outcome::Ack => {
+            ack(shared, &mut conn, &entry.id).await;
+            Stats::add(&shared.stats.handled, 1);
+        }
+        Outcome::Lost => {
+            Stats::add(&shared.stats.lost_entries, 1);
+            ack(shared, &mut conn, &entry.id).await;
+        }
         Outcome::DeadLetter(failure) => {
             tracing::error!(
                 handler = shared.handler.name,
@@ -465,15 +551,38 @@ async fn handle_entry(shared: &Shared, entry: StreamId, deliveries: u32) {
                 error = %failure.error,
                 "event dead-lettered"
             );
-            if let Err(e) = dlq::write(&mut conn, shared, &entry.id, &failure).await {
-                tracing::error!(
-                    handler = shared.handler.name,
-                    error = %e,
-                    "cannot write dead letter; the event stays pending and will be retried after the visibility timeout"
-                );
-            }
+            dead_letter(shared, &mut conn, &entry.id, &failure).await;
         }
         Outcome::Abandoned => {}
+    }
+}
+
+/// Writes the dead letter and acks the original in one transaction. While that fails (ACL, OOM,
+/// Redis down) the original stays pending, unacked; the write is retried with backoff until it
+/// succeeds or shutdown abandons it, and another consumer takes it over after that.
+async fn dead_letter(shared: &Shared, conn: &mut ConnectionManager, id: &str, failure: &Failure) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match dlq::write(conn, shared, id, failure).await {
+            Ok(()) => {
+                Stats::add(&shared.stats.dead_lettered, 1);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(
+                    handler = shared.handler.name,
+                    dlq = %shared.dlq,
+                    error = %e,
+                    retry_in = ?delay,
+                    "cannot write dead letter; the event stays pending (not acked) and the write is retried"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shared.abort.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
@@ -539,7 +648,7 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
             handler = handler.name,
             "pending entry was deleted from the stream before it was handled; it is lost"
         );
-        return Outcome::Ack;
+        return Outcome::Lost;
     }
     if let Some(target) = field(map, envelope::FIELD_HANDLER)
         && target != handler.name.as_bytes()

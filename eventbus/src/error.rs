@@ -29,6 +29,17 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// The Redis ACL denied a command (`NOPERM`). Not retried: it will not pass by itself.
+    #[error(
+        "permission denied by the Redis ACL for {command} ({detail}): give the user the key pattern `~<namespace>:*` and the commands listed in the README's ACL section"
+    )]
+    Permission {
+        /// The command that was denied.
+        command: &'static str,
+        /// What Redis said.
+        detail: String,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration `{key}` = {value:?}: {hint}")]
     Config {
@@ -133,7 +144,25 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn redis(command: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
-        move |source| Error::Redis { command, source }
+        move |source| {
+            if source.code() == Some("NOPERM") {
+                Error::Permission {
+                    command,
+                    detail: source.detail().unwrap_or("NOPERM").to_owned(),
+                }
+            } else {
+                Error::Redis { command, source }
+            }
+        }
+    }
+
+    /// Whether retrying the same call later may succeed (connection and timeout failures);
+    /// false for configuration, permission and encoding errors.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Redis { source, .. } | Error::Connect { source, .. } => is_transient(source),
+            _ => false,
+        }
     }
 
     pub(crate) fn config(
@@ -147,4 +176,17 @@ impl Error {
             hint: hint.into(),
         }
     }
+}
+
+/// Connection-level failures that a retry may get past.
+pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY")
+        )
 }

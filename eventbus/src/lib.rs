@@ -41,6 +41,7 @@ mod error;
 mod event;
 mod extract;
 mod handler;
+mod health;
 mod registry;
 mod retry;
 mod transport;
@@ -62,6 +63,7 @@ pub use event::DomainEvent;
 pub use eventbus_derive::{DomainEvent, event_handler};
 pub use extract::{FromContext, State, States};
 pub use handler::IntoHandlerResult;
+pub use health::{Health, ReaderHealth};
 
 /// The names most programs need: `use eventbus::prelude::*;`.
 pub mod prelude {

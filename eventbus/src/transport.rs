@@ -40,13 +40,48 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 pub(crate) fn client(config: &Config) -> Result<Client> {
-    Client::open(config.redis_url.as_str()).map_err(|source| Error::Config {
+    let invalid = |source: redis::RedisError| Error::Config {
         key: "REDIS_URL",
         value: redact(&config.redis_url),
         hint: format!(
             "not a valid Redis URL ({source}); expected redis://[user:password@]host:port[/db]"
         ),
-    })
+    };
+    if config.redis_url.starts_with("rediss://") {
+        // rustls needs a process-wide crypto provider; install ring's unless the app chose one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    if config.tls.is_empty() {
+        return Client::open(config.redis_url.as_str()).map_err(invalid);
+    }
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::config(
+                key,
+                path.display().to_string(),
+                format!("cannot read the PEM file: {e}"),
+            )
+        })
+    };
+    let root_cert = match &config.tls.ca_file {
+        Some(p) => Some(read("EVENTBUS_TLS_CA_FILE", p)?),
+        None => None,
+    };
+    let client_tls = match &config.tls.client_cert {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("EVENTBUS_TLS_CERT_FILE", cert)?,
+            client_key: read("EVENTBUS_TLS_KEY_FILE", key)?,
+        }),
+        None => None,
+    };
+    Client::build_with_tls(
+        config.redis_url.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(invalid)
 }
 
 /// The shared connection for short commands (XADD, XACK, XAUTOCLAIM, ...). Reconnects by itself.
@@ -92,6 +127,10 @@ pub(crate) async fn shared(client: &Client, config: &Config) -> Result<Connectio
     Ok(conn)
 }
 
+/// How long past its BLOCK time a read may take before the connection counts as stalled
+/// (a frozen or half-open server) and is replaced.
+pub(crate) const BLOCK_MARGIN: Duration = Duration::from_secs(2);
+
 /// A dedicated connection for one reader's blocking XREADGROUP: its response timeout is the
 /// block time plus a margin, never the client's 500 ms default (which would cut every BLOCK
 /// short and leave phantom deliveries).
@@ -101,7 +140,7 @@ pub(crate) async fn blocking(
 ) -> redis::RedisResult<MultiplexedConnection> {
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.block_time + Duration::from_secs(5)));
+        .set_response_timeout(Some(config.block_time + BLOCK_MARGIN));
     client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
