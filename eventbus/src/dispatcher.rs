@@ -2,11 +2,9 @@
 //! ack or dead-letter, and claim what silent consumers left pending.
 
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
@@ -14,32 +12,28 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::bus::BusInner;
-use crate::context::{Context, Delivery};
-use crate::dlq::{self, Failure};
-use crate::envelope::{self, EventId};
+use crate::dlq::Failure;
+use crate::envelope;
 use crate::error::{Error, Result};
 use crate::handler::HandlerRegistration;
 use crate::health::Stats;
-use crate::retry::RetryPolicy;
+use crate::pipeline::{Outcome, Runner};
 use crate::transport;
 
 /// What one reader shares with the tasks it spawns.
 struct Shared {
+    runner: Runner,
     bus: Arc<BusInner>,
     handler: &'static HandlerRegistration,
     stream: String,
-    dlq: String,
     consumer: String,
-    policy: RetryPolicy,
     semaphore: Arc<Semaphore>,
     /// Entry ids being handled by this reader, so a re-read of our own pending entries or a
     /// claim does not start a second run of an entry that is still running here.
     inflight: Mutex<HashSet<String>>,
     cancel: CancellationToken,
-    abort: CancellationToken,
     tracker: TaskTracker,
     stats: Arc<Stats>,
 }
@@ -51,16 +45,6 @@ pub(crate) struct Reader {
     conn: Option<(MultiplexedConnection, Option<i64>)>,
 }
 
-/// How one delivery ended.
-enum Outcome {
-    Ack,
-    /// The entry was deleted from the stream while pending: ack it away and count the loss.
-    Lost,
-    DeadLetter(Failure),
-    /// Shutdown abandoned the run: the entry stays pending for another consumer.
-    Abandoned,
-}
-
 impl Reader {
     pub(crate) fn new(
         bus: Arc<BusInner>,
@@ -69,33 +53,18 @@ impl Reader {
         abort: CancellationToken,
         tracker: TaskTracker,
     ) -> Reader {
-        let ns = &bus.config.namespace;
-        let policy = RetryPolicy {
-            retries: handler.options.retries.unwrap_or(bus.config.retry.retries),
-            backoff: handler.options.backoff.unwrap_or(bus.config.retry.backoff),
-            max_backoff: handler
-                .options
-                .max_backoff
-                .unwrap_or(bus.config.retry.max_backoff),
-        };
-        let concurrency = handler
-            .options
-            .concurrency
-            .unwrap_or(bus.config.concurrency)
-            .max(1);
+        let runner = Runner::new(bus.clone(), handler, abort);
         let shared = Shared {
-            stream: transport::stream_key(ns, handler.event_name),
-            dlq: transport::dlq_key(ns, handler.event_name),
+            stream: transport::stream_key(&bus.config.namespace, handler.event_name),
             consumer: bus.config.consumer.clone(),
-            policy,
-            semaphore: Arc::new(Semaphore::new(concurrency as usize)),
+            semaphore: Arc::new(Semaphore::new(runner.concurrency())),
             inflight: Mutex::new(HashSet::new()),
+            stats: runner.stats.clone(),
+            runner,
             handler,
             bus,
             cancel,
-            abort,
             tracker,
-            stats: Arc::new(Stats::default()),
         };
         Reader {
             shared: Arc::new(shared),
@@ -543,61 +512,10 @@ async fn handle_entry(shared: &Shared, entry: StreamId, deliveries: u32) {
             ack(shared, &mut conn, &entry.id).await;
         }
         Outcome::DeadLetter(failure) => {
-            tracing::error!(
-                handler = shared.handler.name,
-                event_name = shared.handler.event_name,
-                event_id = failure.event_id.as_ref().map(EventId::as_str).unwrap_or(""),
-                attempts = failure.attempts,
-                error = %failure.error,
-                "event dead-lettered"
-            );
-            dead_letter(shared, &mut conn, &entry.id, &failure).await;
+            let ack = Some((shared.stream.as_str(), entry.id.as_str()));
+            shared.runner.dead_letter(&mut conn, ack, &failure).await;
         }
         Outcome::Abandoned => {}
-    }
-}
-
-/// Writes the dead letter and acks the original in one transaction. While that fails (ACL, OOM,
-/// Redis down) the original stays pending, unacked; the write is retried with backoff until it
-/// succeeds or shutdown abandons it, and another consumer takes it over after that.
-async fn dead_letter(shared: &Shared, conn: &mut ConnectionManager, id: &str, failure: &Failure) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match dlq::write(conn, shared, id, failure).await {
-            Ok(()) => {
-                Stats::add(&shared.stats.dead_lettered, 1);
-                return;
-            }
-            Err(e) => {
-                tracing::error!(
-                    handler = shared.handler.name,
-                    dlq = %shared.dlq,
-                    error = %e,
-                    retry_in = ?delay,
-                    "cannot write dead letter; the event stays pending (not acked) and the write is retried"
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shared.abort.cancelled() => return,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-impl dlq::Target for Shared {
-    fn stream(&self) -> &str {
-        &self.stream
-    }
-    fn dlq(&self) -> &str {
-        &self.dlq
-    }
-    fn group(&self) -> &'static str {
-        self.handler.name
-    }
-    fn event_name(&self) -> &'static str {
-        self.handler.event_name
     }
 }
 
@@ -631,17 +549,9 @@ fn field<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
     }
 }
 
-/// Decodes and runs one entry with retries.
+/// Reads the envelope out of one entry and runs it through the handler's pipeline.
 async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u32) -> Outcome {
-    let handler = shared.handler;
-    let reject = |event_id: Option<EventId>, raw: &[u8], error: String| {
-        Outcome::DeadLetter(Failure {
-            event_id,
-            error,
-            attempts: 0,
-            envelope: String::from_utf8_lossy(raw).into_owned(),
-        })
-    };
+    let handler = shared.runner.handler;
     if map.is_empty() {
         // Re-read of a pending entry that was deleted from the stream: nothing to run.
         tracing::warn!(
@@ -657,146 +567,15 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
     }
     let Some(raw) = field(map, envelope::FIELD_ENVELOPE) else {
         let fields: Vec<&str> = map.keys().map(String::as_str).collect();
-        return reject(
-            None,
-            b"",
-            format!(
+        return Outcome::DeadLetter(Failure {
+            event_id: None,
+            error: format!(
                 "entry has no `envelope` field (fields: {})",
                 fields.join(", ")
             ),
-        );
-    };
-    if raw.len() > shared.bus.config.max_payload {
-        return reject(
-            None,
-            &raw[..raw.len().min(4096)],
-            format!(
-                "envelope is {} bytes, more than the maximum payload of {}",
-                raw.len(),
-                shared.bus.config.max_payload
-            ),
-        );
-    }
-    let Ok(text) = std::str::from_utf8(raw) else {
-        return reject(None, raw, "envelope is not valid UTF-8".to_owned());
-    };
-    let env = match envelope::decode(text) {
-        Ok(env) => env,
-        Err(rejected) => return reject(rejected.id, raw, rejected.reason),
-    };
-    if env.ty != handler.event_name {
-        return reject(
-            Some(env.id),
-            raw,
-            format!(
-                "envelope type `{}` does not match this stream's event `{}`",
-                env.ty, handler.event_name
-            ),
-        );
-    }
-    if env.version > handler.event_version {
-        return reject(
-            Some(env.id),
-            raw,
-            format!(
-                "unknown schema version {}: handler `{}` knows versions 1 to {}",
-                env.version, handler.name, handler.event_version
-            ),
-        );
-    }
-    let attempts = shared.policy.attempts();
-    if deliveries > attempts {
-        return Outcome::DeadLetter(Failure {
-            event_id: Some(env.id),
-            error: format!(
-                "delivered {deliveries} times without completing (the consumer crashed or stalled each time); the limit is {attempts}"
-            ),
-            attempts: deliveries - 1,
-            envelope: text.to_owned(),
+            attempts: 0,
+            envelope: String::new(),
         });
-    }
-    let delivery = Arc::new(Delivery {
-        event_id: env.id.clone(),
-        event_name: env.ty.clone(),
-        correlation_id: env.correlation_id.clone(),
-        causation_id: env.causation_id.clone(),
-        handler: handler.name,
-        publisher: shared.bus.publisher.clone(),
-        states: shared.bus.states.clone(),
-    });
-    let mut last_error = String::new();
-    for attempt in 1..=attempts {
-        let span = tracing::info_span!(
-            "eventbus.handle",
-            event_id = %env.id,
-            event_name = handler.event_name,
-            handler = handler.name,
-            attempt,
-            delivery = deliveries,
-        );
-        let ctx = Context::new(delivery.clone(), attempt);
-        let run = async {
-            let started =
-                std::panic::catch_unwind(AssertUnwindSafe(|| (handler.call)(env.data, ctx)));
-            match started {
-                Err(panic) => Err(Err(format!("handler panicked: {}", panic_message(&panic)))),
-                Ok(Err(decode)) => Err(Ok(format!(
-                    "cannot decode event data as `{}`: {decode}",
-                    (handler.event_type)()
-                ))),
-                Ok(Ok(fut)) => match AssertUnwindSafe(fut).catch_unwind().await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(Err(e)),
-                    Err(panic) => Err(Err(format!("handler panicked: {}", panic_message(&panic)))),
-                },
-            }
-        }
-        .instrument(span.clone());
-        let result = tokio::select! {
-            r = run => r,
-            () = shared.abort.cancelled() => return Outcome::Abandoned,
-        };
-        match result {
-            Ok(()) => {
-                span.in_scope(|| tracing::debug!("handled"));
-                return Outcome::Ack;
-            }
-            // Undecodable data: retrying cannot help.
-            Err(Ok(decode_error)) => {
-                return Outcome::DeadLetter(Failure {
-                    event_id: Some(env.id),
-                    error: decode_error,
-                    attempts: 0,
-                    envelope: text.to_owned(),
-                });
-            }
-            Err(Err(error)) => {
-                if attempt < attempts {
-                    let delay = shared.policy.delay(attempt);
-                    span.in_scope(|| tracing::warn!(error = %error, retry_in = ?delay, "handler failed; retrying"));
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shared.abort.cancelled() => return Outcome::Abandoned,
-                    }
-                }
-                last_error = error;
-            }
-        }
-    }
-    Outcome::DeadLetter(Failure {
-        event_id: Some(env.id),
-        error: last_error,
-        attempts,
-        envelope: text.to_owned(),
-    })
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_owned()
-    }
+    };
+    shared.runner.run(raw, deliveries).await
 }

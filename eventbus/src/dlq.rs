@@ -11,6 +11,7 @@ use redis::streams::StreamRangeReply;
 use crate::bus::BusInner;
 use crate::envelope::{self, EventId};
 use crate::error::{Error, Result};
+use crate::handler::HandlerRegistration;
 use crate::transport;
 
 /// Why a delivery failed for good.
@@ -24,35 +25,33 @@ pub(crate) struct Failure {
     pub(crate) envelope: String,
 }
 
-/// Where a failed entry came from.
-pub(crate) trait Target {
-    fn stream(&self) -> &str;
-    fn dlq(&self) -> &str;
-    fn group(&self) -> &'static str;
-    fn event_name(&self) -> &'static str;
-}
-
-/// `MULTI; XADD <dlq> * ...; XACK <stream> <group> <id>; EXEC`: the dead letter exists if and only
-/// if the original is acked. Both keys share the event's hash slot.
+/// `MULTI; XADD <dlq> * ...; [XACK <stream> <group> <id>;] EXEC`: for a durable entry (`ack` is
+/// `Some((stream, entry id))`) the dead letter exists if and only if the original is acked. Both
+/// keys share the event's hash slot.
 pub(crate) async fn write(
     conn: &mut ConnectionManager,
-    target: &impl Target,
-    stream_id: &str,
+    dlq: &str,
+    handler: &HandlerRegistration,
+    ack: Option<(&str, &str)>,
     failure: &Failure,
 ) -> redis::RedisResult<()> {
     let failed_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let event_id = failure.event_id.as_ref().map(EventId::as_str).unwrap_or("");
-    redis::pipe()
-        .atomic()
+    let (stream_id, delivery) = match ack {
+        Some((_, id)) => (id, "durable"),
+        None => ("", "broadcast"),
+    };
+    let mut pipe = redis::pipe();
+    pipe.atomic()
         .cmd("XADD")
-        .arg(target.dlq())
+        .arg(dlq)
         .arg("*")
         .arg("event_id")
         .arg(event_id)
         .arg("event_name")
-        .arg(target.event_name())
+        .arg(handler.event_name)
         .arg("handler")
-        .arg(target.group())
+        .arg(handler.name)
         .arg("error")
         .arg(&failure.error)
         .arg("attempts")
@@ -62,17 +61,18 @@ pub(crate) async fn write(
         .arg("stream_id")
         .arg(stream_id)
         .arg("delivery")
-        .arg("durable")
+        .arg(delivery)
         .arg("envelope")
         .arg(&failure.envelope)
-        .ignore()
-        .cmd("XACK")
-        .arg(target.stream())
-        .arg(target.group())
-        .arg(stream_id)
-        .ignore()
-        .query_async::<()>(conn)
-        .await
+        .ignore();
+    if let Some((stream, id)) = ack {
+        pipe.cmd("XACK")
+            .arg(stream)
+            .arg(handler.name)
+            .arg(id)
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await
 }
 
 /// One dead letter: an event a handler could not handle, with why.

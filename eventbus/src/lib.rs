@@ -42,6 +42,7 @@ mod event;
 mod extract;
 mod handler;
 mod health;
+mod pipeline;
 mod registry;
 mod retry;
 mod transport;
