@@ -37,6 +37,8 @@ use quote::ToTokens;
 /// |---|---|---|
 /// | `name = "..."` | the type name in snake_case | the envelope `type` and part of the Redis key |
 /// | `version = N` | `1` | the schema version, at least 1 |
+/// | `broadcast` | durable | deliver with Redis Pub/Sub to every running instance (at most once) instead of a stream |
+/// | `durable` | durable | deliver through a Redis stream, one consumer group per handler (at least once) |
 /// | `crate = "path"` | `::eventbus` | where to find `eventbus` if it is renamed |
 ///
 /// A name is non-empty and uses only ASCII letters, digits, `.`, `_` and `-`.

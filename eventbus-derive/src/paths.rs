@@ -41,6 +41,8 @@ macro_rules! exported_paths {
 exported_paths! {
     /// The public `DomainEvent` trait.
     domain_event => DomainEvent,
+    /// The public `Delivery` enum (`DomainEvent::DELIVERY`).
+    delivery => Delivery,
     /// The public `Context` type (handler shim argument).
     context => Context,
     /// The public `States` type (check shim argument).

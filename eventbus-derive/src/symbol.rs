@@ -14,6 +14,12 @@ pub(crate) const EVENT: Symbol = Symbol("event");
 pub(crate) const NAME: Symbol = Symbol("name");
 /// `version = N` (derive).
 pub(crate) const VERSION: Symbol = Symbol("version");
+/// `broadcast` (derive): delivered with PUBLISH/SUBSCRIBE.
+pub(crate) const BROADCAST: Symbol = Symbol("broadcast");
+/// `durable` (derive): delivered through a stream (the default).
+pub(crate) const DURABLE: Symbol = Symbol("durable");
+/// The delivery flags, for the duplicate message: `broadcast`/`durable`.
+pub(crate) const DELIVERY: Symbol = Symbol("broadcast`/`durable");
 /// `crate = "path"` (both macros).
 pub(crate) const CRATE: Symbol = Symbol("crate");
 /// `retries = N` (handler).

@@ -7,12 +7,13 @@ use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::broadcast::Subscriber;
 use crate::config::{BusBuilder, Config};
 use crate::dispatcher::Reader;
 use crate::dlq::DeadLetters;
 use crate::envelope::{self, EventId, Meta};
 use crate::error::{Error, Result};
-use crate::event::DomainEvent;
+use crate::event::{Delivery, DomainEvent};
 use crate::extract::States;
 use crate::handler::HandlerRegistration;
 use crate::health::{Health, Stats};
@@ -76,26 +77,36 @@ impl Publisher {
                 max: self.max_payload,
             });
         }
-        let key = transport::stream_key(&self.namespace, E::NAME);
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&key);
-        if let Some(n) = self.max_len {
-            cmd.arg("MAXLEN").arg("~").arg(n);
-        }
-        cmd.arg("*").arg(envelope::FIELD_ENVELOPE).arg(json);
+        let (command, cmd) = match E::DELIVERY {
+            Delivery::Durable => {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(transport::stream_key(&self.namespace, E::NAME));
+                if let Some(n) = self.max_len {
+                    cmd.arg("MAXLEN").arg("~").arg(n);
+                }
+                cmd.arg("*").arg(envelope::FIELD_ENVELOPE).arg(json);
+                ("XADD", cmd)
+            }
+            Delivery::Broadcast => {
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(transport::channel_key(&self.namespace, E::NAME))
+                    .arg(json);
+                ("PUBLISH", cmd)
+            }
+        };
         let mut conn = self.conn.clone();
         // Transient connection errors are retried with the same envelope (same id): a retry after
         // a reply was lost may store the event twice, both copies carrying one id.
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=PUBLISH_ATTEMPTS {
-            match cmd.query_async::<String>(&mut conn).await {
+            match cmd.query_async::<redis::Value>(&mut conn).await {
                 Ok(_) => return Ok(id),
                 Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
                     tracing::debug!(event_name = E::NAME, error = %e, attempt, "publish failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
-                Err(e) => return Err(Error::redis("XADD")(e)),
+                Err(e) => return Err(Error::redis(command)(e)),
             }
         }
         Ok(id)
@@ -194,7 +205,12 @@ impl Bus {
         let tracker = TaskTracker::new();
         let mut readers = Vec::with_capacity(self.inner.handlers.len());
         let mut stats = Vec::with_capacity(self.inner.handlers.len());
-        for handler in &self.inner.handlers {
+        let (broadcast, durable): (Vec<_>, Vec<_>) = self
+            .inner
+            .handlers
+            .iter()
+            .partition(|h| h.delivery == Delivery::Broadcast);
+        for handler in durable {
             let reader = Reader::new(
                 self.inner.clone(),
                 handler,
@@ -206,8 +222,26 @@ impl Bus {
             stats.push(reader.stats());
             readers.push(reader.connect().await?);
         }
+        let subscriber = if broadcast.is_empty() {
+            None
+        } else {
+            let subscriber = Subscriber::new(
+                self.inner.clone(),
+                &broadcast,
+                cancel.clone(),
+                abort.clone(),
+                tracker.clone(),
+            );
+            let subscriber = subscriber.connect().await?;
+            stats.extend(subscriber.stats());
+            Some(subscriber)
+        };
+        stats.sort_by_key(|(name, _)| *name);
         for reader in readers {
             tracker.spawn(reader.run());
+        }
+        if let Some(subscriber) = subscriber {
+            subscriber.spawn();
         }
         tracing::info!(
             namespace = %self.inner.config.namespace,

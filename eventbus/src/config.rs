@@ -27,6 +27,19 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) tls: TlsFiles,
     pub(crate) refuse_eviction: bool,
+    pub(crate) broadcast_queue: usize,
+    pub(crate) broadcast_overflow: Overflow,
+}
+
+/// What a broadcast handler's full queue does with one more event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop the oldest queued event to make room (the default: for cache invalidation, presence
+    /// and the like, the newest event matters most).
+    #[default]
+    DropOldest,
+    /// Drop the event that just arrived.
+    DropNewest,
 }
 
 /// PEM files for `rediss://` connections.
@@ -69,6 +82,8 @@ impl TlsFiles {
 /// | [`tls_ca_file`](Self::tls_ca_file) | `EVENTBUS_TLS_CA_FILE` | the system's roots |
 /// | [`tls_client_cert`](Self::tls_client_cert) | `EVENTBUS_TLS_CERT_FILE`, `EVENTBUS_TLS_KEY_FILE` | none |
 /// | [`refuse_evicting_redis`](Self::refuse_evicting_redis) | `EVENTBUS_REFUSE_EVICTION` | `false` (warn) |
+/// | [`broadcast_queue`](Self::broadcast_queue) | `EVENTBUS_BROADCAST_QUEUE` | `1024` |
+/// | [`broadcast_overflow`](Self::broadcast_overflow) | `EVENTBUS_BROADCAST_OVERFLOW` (`drop-oldest`, `drop-newest`) | `drop-oldest` |
 ///
 /// Durations are written like `250ms`, `5s`, `2m`. Retry settings and concurrency given here are
 /// defaults for handlers whose `#[event_handler(...)]` does not set them.
@@ -107,6 +122,8 @@ pub struct BusBuilder {
     connect_timeout: Duration,
     tls: TlsFiles,
     refuse_eviction: bool,
+    broadcast_queue: usize,
+    broadcast_overflow: Overflow,
     pub(crate) states: States,
 }
 
@@ -132,6 +149,8 @@ impl Default for BusBuilder {
             connect_timeout: Duration::from_secs(5),
             tls: TlsFiles::default(),
             refuse_eviction: false,
+            broadcast_queue: 1024,
+            broadcast_overflow: Overflow::DropOldest,
             states: States::default(),
         }
     }
@@ -377,6 +396,30 @@ impl BusBuilder {
         self
     }
 
+    /// How many received events each broadcast handler may have queued; past that,
+    /// [`broadcast_overflow`](Self::broadcast_overflow) decides which one is dropped (and counted
+    /// in health). Keeps memory bounded when a handler is slower than the publish rate.
+    ///
+    /// ```
+    /// # let mut b = eventbus::Bus::builder();
+    /// b.broadcast_queue(10_000);
+    /// ```
+    pub fn broadcast_queue(&mut self, capacity: usize) -> &mut Self {
+        self.broadcast_queue = capacity;
+        self
+    }
+
+    /// Which event a full broadcast queue drops.
+    ///
+    /// ```
+    /// # let mut b = eventbus::Bus::builder();
+    /// b.broadcast_overflow(eventbus::Overflow::DropNewest);
+    /// ```
+    pub fn broadcast_overflow(&mut self, overflow: Overflow) -> &mut Self {
+        self.broadcast_overflow = overflow;
+        self
+    }
+
     /// Adds a state value that handlers take as [`State<T>`](crate::State). One value per type.
     ///
     /// ```
@@ -439,6 +482,19 @@ impl BusBuilder {
                 }
             };
         }
+        if let Some(v) = var("EVENTBUS_BROADCAST_OVERFLOW") {
+            self.broadcast_overflow = match v.trim().to_ascii_lowercase().as_str() {
+                "drop-oldest" | "drop_oldest" | "oldest" => Overflow::DropOldest,
+                "drop-newest" | "drop_newest" | "newest" => Overflow::DropNewest,
+                _ => {
+                    return Err(Error::config(
+                        "EVENTBUS_BROADCAST_OVERFLOW",
+                        v,
+                        "expected drop-oldest or drop-newest",
+                    ));
+                }
+            };
+        }
         if let Some(v) = var("EVENTBUS_HANDLERS") {
             self.handlers = Some(
                 v.split(',')
@@ -489,6 +545,9 @@ impl BusBuilder {
         }
         if let Some(n) = num("EVENTBUS_MAX_LEN")? {
             self.max_len = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        if let Some(n) = num("EVENTBUS_BROADCAST_QUEUE")? {
+            self.broadcast_queue = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(n) = num("EVENTBUS_MAX_PAYLOAD")? {
             self.max_payload = usize::try_from(n).unwrap_or(usize::MAX);
@@ -572,6 +631,13 @@ impl BusBuilder {
                 "must be at least 1",
             ));
         }
+        if self.broadcast_queue == 0 {
+            return Err(Error::config(
+                "EVENTBUS_BROADCAST_QUEUE",
+                "0",
+                "must be at least 1",
+            ));
+        }
         if self.max_len == Some(0) {
             return Err(Error::config(
                 "EVENTBUS_MAX_LEN",
@@ -608,6 +674,8 @@ impl BusBuilder {
             connect_timeout: positive("connect_timeout", self.connect_timeout)?,
             tls: self.tls.clone(),
             refuse_eviction: self.refuse_eviction,
+            broadcast_queue: self.broadcast_queue,
+            broadcast_overflow: self.broadcast_overflow,
         })
     }
 }

@@ -41,6 +41,35 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// A handler accepts envelopes whose version is between 1 and this value; a newer version is
     /// dead-lettered with the reason instead of being decoded with the wrong schema.
     const VERSION: u32;
+
+    /// How the event travels: [`Delivery::Durable`] (a stream; the default) or
+    /// [`Delivery::Broadcast`] (`#[event(broadcast)]`: Pub/Sub).
+    const DELIVERY: Delivery = Delivery::Durable;
+}
+
+/// How an event travels from publishers to handlers.
+///
+/// | | `Durable` (default) | `Broadcast` (`#[event(broadcast)]`) |
+/// |---|---|---|
+/// | Redis primitive | a stream, one consumer group per handler | a Pub/Sub channel |
+/// | replicas of a service | share each handler's work | every replica gets every event |
+/// | delivery | at least once, survives crashes and restarts | at most once; nothing is kept while no one listens |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// `XADD` to the event's stream; every handler's consumer group gets every event once.
+    Durable,
+    /// `PUBLISH` to the event's channel; every subscribed bus instance runs every handler.
+    Broadcast,
+}
+
+impl Delivery {
+    /// `"durable"` or `"broadcast"`, as written in dead letters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Durable => "durable",
+            Delivery::Broadcast => "broadcast",
+        }
+    }
 }
 
 /// Link-time record of one `#[derive(DomainEvent)]`, used to detect two types with one event name.

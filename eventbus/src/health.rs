@@ -32,7 +32,8 @@ impl Health {
     }
 }
 
-/// The state and counters of one handler's reader, since the bus started.
+/// The state and counters of one handler's reader (or, for broadcast handlers, of the bus's
+/// subscriber and the handler's queue), since the bus started.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReaderHealth {
@@ -56,6 +57,11 @@ pub struct ReaderHealth {
     pub dead_lettered: u64,
     /// Events handled successfully (acknowledged).
     pub handled: u64,
+    /// Broadcast only: events dropped because the handler's queue was full.
+    pub dropped: u64,
+    /// Broadcast only: times the subscriber was disconnected; events published until it
+    /// resubscribed were not received.
+    pub gaps: u64,
 }
 
 /// Live counters, shared by a reader and its tasks.
@@ -70,6 +76,8 @@ pub(crate) struct Stats {
     pub(crate) claimed: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) handled: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) gaps: AtomicU64,
 }
 
 impl Stats {
@@ -96,6 +104,8 @@ impl Stats {
             claimed: get(&self.claimed),
             dead_lettered: get(&self.dead_lettered),
             handled: get(&self.handled),
+            dropped: get(&self.dropped),
+            gaps: get(&self.gaps),
         }
     }
 }

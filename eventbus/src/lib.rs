@@ -31,6 +31,7 @@
 
 extern crate self as eventbus;
 
+mod broadcast;
 mod bus;
 mod config;
 mod context;
@@ -55,12 +56,12 @@ pub mod __private {
 mod private;
 
 pub use bus::{Bus, RunningBus, run};
-pub use config::BusBuilder;
+pub use config::{BusBuilder, Overflow};
 pub use context::Context;
 pub use dlq::{DeadLetter, DeadLetters};
 pub use envelope::EventId;
 pub use error::{Error, Result};
-pub use event::DomainEvent;
+pub use event::{Delivery, DomainEvent};
 pub use eventbus_derive::{DomainEvent, event_handler};
 pub use extract::{FromContext, State, States};
 pub use handler::IntoHandlerResult;

@@ -25,6 +25,12 @@ pub(crate) fn event_of_dlq_key<'a>(namespace: &str, key: &'a str) -> Option<&'a 
         .strip_suffix("}:dlq")
 }
 
+/// The Pub/Sub channel of a broadcast event: `<ns>:<event name>`. No braces, so it can never be
+/// mistaken for a stream key; channels are not keys and take no hash slot.
+pub(crate) fn channel_key(namespace: &str, event: &str) -> String {
+    format!("{namespace}:{event}")
+}
+
 /// The URL with any password replaced by `***`, for messages and logs.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

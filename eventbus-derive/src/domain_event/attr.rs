@@ -1,4 +1,4 @@
-//! `#[event(name = "...", version = N, crate = "path")]`.
+//! `#[event(name = "...", version = N, broadcast, crate = "path")]`.
 
 use proc_macro2::Span;
 use syn::ext::IdentExt;
@@ -7,10 +7,10 @@ use syn::{LitInt, LitStr};
 use super::case::to_snake_case;
 use crate::attr::{Attr, unknown};
 use crate::ctxt::Ctxt;
-use crate::symbol::{CRATE, EVENT, NAME, Symbol, VERSION};
+use crate::symbol::{BROADCAST, CRATE, DELIVERY, DURABLE, EVENT, NAME, Symbol, VERSION};
 
 const KIND: &str = "`event` attribute";
-const KEYS: &[Symbol] = &[NAME, VERSION, CRATE];
+const KEYS: &[Symbol] = &[NAME, VERSION, BROADCAST, DURABLE, CRATE];
 
 /// The validated container attributes of an event type.
 pub(crate) struct Container {
@@ -20,6 +20,8 @@ pub(crate) struct Container {
     pub(crate) name_span: Span,
     /// The schema version, at least 1.
     pub(crate) version: u32,
+    /// `#[event(broadcast)]`: Pub/Sub instead of a stream.
+    pub(crate) broadcast: bool,
     /// `crate = "path"`, if given.
     pub(crate) krate: Option<syn::Path>,
 }
@@ -30,6 +32,7 @@ impl Container {
         let mut name = Attr::none(cx, KIND, NAME);
         let mut version = Attr::none(cx, KIND, VERSION);
         let mut krate = Attr::none(cx, KIND, CRATE);
+        let mut delivery = Attr::none(cx, KIND, DELIVERY);
 
         for attr in input.attrs.iter().filter(|attr| attr.path() == EVENT) {
             let result = attr.parse_nested_meta(|meta| {
@@ -52,6 +55,21 @@ impl Container {
                             format_args!("event version must fit in a `u32`, got `{lit}`"),
                         ),
                     }
+                } else if meta.path == BROADCAST || meta.path == DURABLE {
+                    if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                        return Err(meta.error(format_args!(
+                            "`{}` takes no value: write `#[event({})]`",
+                            meta.path
+                                .get_ident()
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
+                            meta.path
+                                .get_ident()
+                                .map(ToString::to_string)
+                                .unwrap_or_default(),
+                        )));
+                    }
+                    delivery.set(&meta.path, meta.path == BROADCAST);
                 } else if meta.path == CRATE {
                     let lit: LitStr = meta.value()?.parse()?;
                     match lit.parse::<syn::Path>() {
@@ -96,6 +114,7 @@ impl Container {
             name,
             name_span,
             version: version.get().unwrap_or(1),
+            broadcast: delivery.get().unwrap_or(false),
             krate: krate.get(),
         }
     }

@@ -30,6 +30,7 @@ pub(crate) fn impl_domain_event(input: &syn::DeriveInput, attrs: &Container) -> 
         ident,
         &LitStr::new(&attrs.name, attrs.name_span),
         attrs.version,
+        attrs.broadcast,
     );
     quote! {
         #[doc(hidden)]
@@ -53,7 +54,13 @@ pub(crate) fn fallback(
 ) -> TokenStream {
     let paths = Paths::new(attrs.krate.clone());
     let ident = &input.ident;
-    let the_impl = domain_event_impl(&paths, ident, &LitStr::new("__invalid", ident.span()), 1);
+    let the_impl = domain_event_impl(
+        &paths,
+        ident,
+        &LitStr::new("__invalid", ident.span()),
+        1,
+        false,
+    );
     let errors = errors.into_compile_error();
     quote! {
         #errors
@@ -69,8 +76,13 @@ fn domain_event_impl(
     ident: &syn::Ident,
     name: &LitStr,
     version: u32,
+    broadcast: bool,
 ) -> TokenStream {
     let domain_event = paths.domain_event();
+    let delivery = broadcast.then(|| {
+        let delivery = paths.delivery();
+        quote!(const DELIVERY: #delivery = #delivery::Broadcast;)
+    });
     // Spanned at the type name, so that a missing `Serialize`/`Deserialize` supertrait is reported
     // on the user's type rather than on the derive.
     quote_spanned! {ident.span()=>
@@ -78,6 +90,7 @@ fn domain_event_impl(
         impl #domain_event for #ident {
             const NAME: &'static str = #name;
             const VERSION: u32 = #version;
+            #delivery
         }
     }
 }

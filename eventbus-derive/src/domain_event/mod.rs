@@ -163,7 +163,43 @@ mod tests {
         ));
         assert_eq!(
             msgs,
-            ["unknown `event` attribute `channel`; expected one of: `name`, `version`, `crate`"]
+            [
+                "unknown `event` attribute `channel`; expected one of: `name`, `version`, `broadcast`, `durable`, `crate`"
+            ]
         );
+    }
+
+    #[test]
+    fn broadcast_sets_the_delivery() {
+        let out = derive(&parse_quote!(
+            #[event(broadcast)]
+            struct E;
+        ))
+        .to_string();
+        assert!(out.contains("const DELIVERY"), "{out}");
+        assert!(out.contains("Broadcast"), "{out}");
+        let out = derive(&parse_quote!(
+            #[event(durable)]
+            struct E;
+        ))
+        .to_string();
+        assert!(!out.contains("const DELIVERY"), "{out}");
+    }
+
+    #[test]
+    fn delivery_flags_take_no_value_and_do_not_repeat() {
+        let msgs = errors(parse_quote!(
+            #[event(broadcast = true)]
+            struct E;
+        ));
+        assert_eq!(
+            msgs,
+            ["`broadcast` takes no value: write `#[event(broadcast)]`"]
+        );
+        let msgs = errors(parse_quote!(
+            #[event(broadcast, durable)]
+            struct E;
+        ));
+        assert_eq!(msgs, ["duplicate `event` attribute `broadcast`/`durable`"]);
     }
 }

@@ -1,0 +1,310 @@
+//! Broadcast delivery: one Pub/Sub connection per bus for every broadcast channel, a bounded
+//! queue per handler, and the same pipeline as durable handlers (without acks).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::BusInner;
+use crate::config::Overflow;
+use crate::error::{Error, Result};
+use crate::handler::HandlerRegistration;
+use crate::health::Stats;
+use crate::pipeline::{Outcome, Runner};
+use crate::transport;
+
+/// A bounded queue between the subscriber and one handler's runs, so that a slow handler never
+/// makes the subscriber fall behind (Redis disconnects subscribers whose output buffer grows).
+struct Queue {
+    items: Mutex<VecDeque<Vec<u8>>>,
+    notify: Notify,
+    capacity: usize,
+    overflow: Overflow,
+}
+
+impl Queue {
+    /// Adds a message; false when one was dropped (the new one or the oldest).
+    fn push(&self, item: Vec<u8>) -> bool {
+        let Ok(mut items) = self.items.lock() else {
+            return false;
+        };
+        let mut kept = true;
+        if items.len() >= self.capacity {
+            kept = false;
+            match self.overflow {
+                Overflow::DropNewest => return false,
+                Overflow::DropOldest => {
+                    items.pop_front();
+                }
+            }
+        }
+        items.push_back(item);
+        drop(items);
+        self.notify.notify_one();
+        kept
+    }
+
+    fn pop(&self) -> Option<Vec<u8>> {
+        self.items
+            .lock()
+            .ok()
+            .and_then(|mut items| items.pop_front())
+    }
+}
+
+/// One broadcast handler: its pipeline and its queue.
+struct Lane {
+    runner: Arc<Runner>,
+    queue: Arc<Queue>,
+}
+
+/// The subscriber of one bus.
+pub(crate) struct Subscriber {
+    bus: Arc<BusInner>,
+    /// Channel name → the lanes of the handlers subscribed to it.
+    routes: HashMap<String, Vec<Arc<Lane>>>,
+    lanes: Vec<Arc<Lane>>,
+    /// Counters of the subscription itself (reconnects, gaps), shared with every lane's health.
+    conn_stats: Vec<Arc<Stats>>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    sink: Option<PubSubSink>,
+    stream: Option<PubSubStream>,
+}
+
+impl Subscriber {
+    pub(crate) fn new(
+        bus: Arc<BusInner>,
+        handlers: &[&'static HandlerRegistration],
+        cancel: CancellationToken,
+        abort: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Subscriber {
+        let mut routes: HashMap<String, Vec<Arc<Lane>>> = HashMap::new();
+        let mut lanes = Vec::new();
+        for handler in handlers {
+            let runner = Arc::new(Runner::new(bus.clone(), handler, abort.clone()));
+            let queue = Arc::new(Queue {
+                items: Mutex::new(VecDeque::new()),
+                notify: Notify::new(),
+                capacity: bus.config.broadcast_queue,
+                overflow: bus.config.broadcast_overflow,
+            });
+            let lane = Arc::new(Lane { runner, queue });
+            let channel = transport::channel_key(&bus.config.namespace, handler.event_name);
+            routes.entry(channel).or_default().push(lane.clone());
+            lanes.push(lane);
+        }
+        let conn_stats = lanes.iter().map(|l| l.runner.stats.clone()).collect();
+        Subscriber {
+            bus,
+            routes,
+            lanes,
+            conn_stats,
+            cancel,
+            tracker,
+            sink: None,
+            stream: None,
+        }
+    }
+
+    /// The handlers' counters, for [`Health`](crate::Health).
+    pub(crate) fn stats(&self) -> Vec<(&'static str, Arc<Stats>)> {
+        self.lanes
+            .iter()
+            .map(|l| (l.runner.handler.name, l.runner.stats.clone()))
+            .collect()
+    }
+
+    /// Connects and subscribes every channel; returns once Redis has confirmed them all.
+    pub(crate) async fn subscribe(&mut self) -> redis::RedisResult<()> {
+        let mut pubsub = self.bus.client.get_async_pubsub().await?;
+        let mut channels: Vec<&String> = self.routes.keys().collect();
+        channels.sort();
+        pubsub.subscribe(channels).await?;
+        let (sink, stream) = pubsub.split();
+        self.sink = Some(sink);
+        self.stream = Some(stream);
+        self.set_connected(true);
+        Ok(())
+    }
+
+    /// Connects and subscribes at start-up.
+    pub(crate) async fn connect(mut self) -> Result<Subscriber> {
+        if let Err(source) = self.subscribe().await {
+            return Err(match source.code() {
+                Some("NOPERM") => Error::redis("SUBSCRIBE")(source),
+                _ => Error::Connect {
+                    url: transport::redact(&self.bus.config.redis_url),
+                    source,
+                },
+            });
+        }
+        Ok(self)
+    }
+
+    fn set_connected(&self, up: bool) {
+        for s in &self.conn_stats {
+            s.connected.store(up, Ordering::Relaxed);
+        }
+    }
+
+    fn record(
+        &self,
+        counter: impl Fn(&Stats) -> &std::sync::atomic::AtomicU64,
+        error: Option<String>,
+    ) {
+        for s in &self.conn_stats {
+            Stats::add(counter(s), 1);
+            s.set_error(error.clone());
+        }
+    }
+
+    /// Spawns one worker per handler and runs the subscription until shutdown.
+    pub(crate) fn spawn(mut self) {
+        for lane in &self.lanes {
+            self.tracker.spawn(work(
+                lane.clone(),
+                self.bus.clone(),
+                self.cancel.clone(),
+                self.tracker.clone(),
+            ));
+        }
+        let tracker = self.tracker.clone();
+        tracker.spawn(async move { self.run().await });
+    }
+
+    async fn run(&mut self) {
+        let mut retry_delay = Duration::from_millis(100);
+        let ping_every = self.bus.config.block_time.max(Duration::from_millis(100));
+        let mut ping = tokio::time::interval(ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                // Disconnected: resubscribe with backoff. Events published meanwhile are lost.
+                for s in &self.conn_stats {
+                    Stats::add(&s.reconnects, 1);
+                }
+                match self.subscribe().await {
+                    Ok(()) => {
+                        tracing::warn!(
+                            channels = self.routes.len(),
+                            "broadcast subscriber resubscribed; events published while it was disconnected were not received"
+                        );
+                        for s in &self.conn_stats {
+                            s.set_error(None);
+                        }
+                        retry_delay = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "broadcast subscriber cannot reconnect; retrying");
+                        self.record(|s| &s.read_errors, Some(format!("cannot subscribe: {e}")));
+                        let d = retry_delay;
+                        retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
+                        tokio::select! {
+                            () = tokio::time::sleep(d) => {}
+                            () = self.cancel.cancelled() => break,
+                        }
+                    }
+                }
+                continue;
+            };
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => {
+                        let Some(lanes) = self.routes.get(msg.get_channel_name()) else { continue };
+                        for lane in lanes {
+                            if !lane.queue.push(msg.get_payload_bytes().to_vec()) {
+                                let dropped = lane.runner.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                                if dropped.is_power_of_two() {
+                                    tracing::warn!(
+                                        handler = lane.runner.handler.name,
+                                        dropped,
+                                        capacity = lane.queue.capacity,
+                                        "broadcast queue full: dropping events (the handler is slower than the publish rate)"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    None => self.disconnected("the connection closed"),
+                },
+                _ = ping.tick() => {
+                    // A frozen server or a half-open connection shows only as silence: ping it.
+                    if let Some(sink) = self.sink.as_mut() {
+                        let timeout = self.bus.config.block_time + transport::BLOCK_MARGIN;
+                        match tokio::time::timeout(timeout, sink.ping::<String>()).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => self.disconnected(&e.to_string()),
+                            Err(_) => self.disconnected("ping timed out"),
+                        }
+                    }
+                }
+                () = self.cancel.cancelled() => break,
+            }
+        }
+        // Unsubscribe first (closing the connection), then the workers drain their queues.
+        self.sink = None;
+        self.stream = None;
+        self.set_connected(false);
+    }
+
+    fn disconnected(&mut self, why: &str) {
+        tracing::warn!(
+            reason = why,
+            "broadcast subscriber disconnected; reconnecting (events published until it resubscribes are lost)"
+        );
+        self.sink = None;
+        self.stream = None;
+        self.set_connected(false);
+        self.record(|s| &s.gaps, Some(format!("subscriber disconnected: {why}")));
+    }
+}
+
+/// Runs one handler's queued events under its concurrency limit until shutdown, then drains
+/// what is queued (within the drain timeout; the abort token ends it).
+async fn work(
+    lane: Arc<Lane>,
+    bus: Arc<BusInner>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let semaphore = Arc::new(Semaphore::new(lane.runner.concurrency()));
+    loop {
+        let item = match lane.queue.pop() {
+            Some(item) => item,
+            None if cancel.is_cancelled() => break,
+            None => {
+                tokio::select! {
+                    () = lane.queue.notify.notified() => continue,
+                    () = cancel.cancelled() => continue,
+                }
+            }
+        };
+        let Ok(permit) = semaphore.clone().acquire_owned().await else {
+            break;
+        };
+        let lane = lane.clone();
+        let mut conn = bus.conn.clone();
+        tracker.spawn(async move {
+            match lane.runner.run(&item, 1).await {
+                Outcome::Ack => Stats::add(&lane.runner.stats.handled, 1),
+                Outcome::DeadLetter(failure) => {
+                    lane.runner.dead_letter(&mut conn, None, &failure).await
+                }
+                Outcome::Lost | Outcome::Abandoned => {}
+            }
+            drop(permit);
+        });
+    }
+}
