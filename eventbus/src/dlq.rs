@@ -215,6 +215,11 @@ impl DeadLetters {
                 reason: format!("its envelope is not a valid event: {rejected}"),
             });
         }
+        if text("delivery") == "broadcast" {
+            return self
+                .replay_broadcast(id, &key, entry, event, &raw, &handler)
+                .await;
+        }
         let stream = transport::stream_key(&self.bus.config.namespace, event);
         let mut add = redis::cmd("XADD");
         add.arg(&stream);
@@ -238,6 +243,43 @@ impl DeadLetters {
             .await
             .map_err(Error::redis("XADD+XDEL"))?;
         tracing::info!(dead_letter = id, handler = %handler, "dead letter replayed");
+        Ok(())
+    }
+
+    /// A broadcast dead letter is published again on its channel, marked (extension attribute
+    /// `eventbushandler`) for the handler that gave up: that handler runs it in every bus
+    /// instance subscribed now; other handlers skip it. At most once, like any broadcast.
+    async fn replay_broadcast(
+        &self,
+        id: &str,
+        key: &str,
+        entry: &str,
+        event: &str,
+        raw: &str,
+        handler: &str,
+    ) -> Result<()> {
+        let mut envelope: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw)
+            .map_err(|e| Error::Replay {
+                id: id.to_owned(),
+                reason: format!("its envelope is not a JSON object: {e}"),
+            })?;
+        envelope.insert(envelope::ATTR_HANDLER.to_owned(), handler.into());
+        let payload = serde_json::Value::Object(envelope).to_string();
+        let channel = transport::channel_key(&self.bus.config.namespace, event);
+        let mut conn = self.conn();
+        redis::pipe()
+            .cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&payload)
+            .ignore()
+            .cmd("XDEL")
+            .arg(key)
+            .arg(entry)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(Error::redis("PUBLISH+XDEL"))?;
+        tracing::info!(dead_letter = id, handler = %handler, "broadcast dead letter republished");
         Ok(())
     }
 

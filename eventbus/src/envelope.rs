@@ -95,6 +95,8 @@ pub(crate) const SPEC_VERSION: &str = "1.0";
 pub(crate) const FIELD_ENVELOPE: &str = "envelope";
 /// The stream entry field that restricts an entry to one handler (dead-letter replay).
 pub(crate) const FIELD_HANDLER: &str = "handler";
+/// The envelope extension attribute that restricts a broadcast event to one handler (replay).
+pub(crate) const ATTR_HANDLER: &str = "eventbushandler";
 
 /// Metadata of an envelope being written.
 #[derive(Debug, Clone, Default)]
@@ -154,6 +156,7 @@ struct Incoming<'a> {
     schemaversion: Option<serde_json::Value>,
     correlationid: Option<String>,
     causationid: Option<String>,
+    eventbushandler: Option<String>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     data_base64: Option<serde::de::IgnoredAny>,
@@ -167,6 +170,8 @@ pub(crate) struct Decoded<'a> {
     pub(crate) version: u32,
     pub(crate) correlation_id: Option<EventId>,
     pub(crate) causation_id: Option<EventId>,
+    /// `eventbushandler`: only this handler runs it (a replayed broadcast dead letter).
+    pub(crate) target: Option<String>,
     pub(crate) data: &'a RawValue,
 }
 
@@ -260,6 +265,7 @@ pub(crate) fn decode(raw: &str) -> Result<Decoded<'_>, Rejected> {
             .filter(|s| !s.is_empty())
             .map(EventId::from),
         causation_id: env.causationid.filter(|s| !s.is_empty()).map(EventId::from),
+        target: env.eventbushandler.filter(|s| !s.is_empty()),
         data,
     })
 }

@@ -103,6 +103,9 @@ impl Runner {
             Ok(env) => env,
             Err(rejected) => return reject(rejected.id, raw, rejected.reason),
         };
+        if env.target.as_deref().is_some_and(|t| t != handler.name) {
+            return Outcome::Ack; // a replay meant for another handler
+        }
         if env.ty != handler.event_name {
             return reject(
                 Some(env.id),
