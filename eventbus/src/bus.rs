@@ -63,7 +63,8 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
+    /// Encodes one event and builds its command: `XADD` (durable) or `PUBLISH` (broadcast).
+    fn command<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<(EventId, redis::Cmd)> {
         let id = EventId::new();
         let json =
             envelope::encode(&id, &self.source, meta, event).map_err(|source| Error::Encode {
@@ -77,7 +78,7 @@ impl Publisher {
                 max: self.max_payload,
             });
         }
-        let (command, cmd) = match E::DELIVERY {
+        let cmd = match E::DELIVERY {
             Delivery::Durable => {
                 let mut cmd = redis::cmd("XADD");
                 cmd.arg(transport::stream_key(&self.namespace, E::NAME));
@@ -85,32 +86,80 @@ impl Publisher {
                     cmd.arg("MAXLEN").arg("~").arg(n);
                 }
                 cmd.arg("*").arg(envelope::FIELD_ENVELOPE).arg(json);
-                ("XADD", cmd)
+                cmd
             }
             Delivery::Broadcast => {
                 let mut cmd = redis::cmd("PUBLISH");
                 cmd.arg(transport::channel_key(&self.namespace, E::NAME))
                     .arg(json);
-                ("PUBLISH", cmd)
+                cmd
             }
         };
+        Ok((id, cmd))
+    }
+
+    fn command_name<E: DomainEvent>() -> &'static str {
+        match E::DELIVERY {
+            Delivery::Durable => "XADD",
+            Delivery::Broadcast => "PUBLISH",
+        }
+    }
+
+    pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
+        let (id, cmd) = self.command(event, meta)?;
+        self.send::<E>(Request::Cmd(&cmd)).await?;
+        Ok(id)
+    }
+
+    pub(crate) async fn publish_batch<E: DomainEvent>(
+        &self,
+        events: &[E],
+        meta: &Meta,
+    ) -> Result<Vec<EventId>> {
+        let mut ids = Vec::with_capacity(events.len());
+        let mut pipe = redis::pipe();
+        for event in events {
+            let (id, cmd) = self.command(event, meta)?;
+            pipe.add_command(cmd).ignore();
+            ids.push(id);
+        }
+        if !ids.is_empty() {
+            self.send::<E>(Request::Pipe(&pipe)).await?;
+        }
+        Ok(ids)
+    }
+
+    /// Sends with retries: transient connection errors are retried with the same envelopes
+    /// (same ids), so a retry after a lost reply may store an event twice, both copies carrying
+    /// one id.
+    async fn send<E: DomainEvent>(&self, request: Request<'_>) -> Result<()> {
         let mut conn = self.conn.clone();
-        // Transient connection errors are retried with the same envelope (same id): a retry after
-        // a reply was lost may store the event twice, both copies carrying one id.
         let mut delay = Duration::from_millis(50);
-        for attempt in 1..=PUBLISH_ATTEMPTS {
-            match cmd.query_async::<redis::Value>(&mut conn).await {
-                Ok(_) => return Ok(id),
+        let mut attempt = 1;
+        loop {
+            let result = match request {
+                Request::Cmd(cmd) => cmd.query_async::<redis::Value>(&mut conn).await,
+                Request::Pipe(pipe) => pipe.query_async::<redis::Value>(&mut conn).await,
+            };
+            match result {
+                Ok(_) => return Ok(()),
                 Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
                     tracing::debug!(event_name = E::NAME, error = %e, attempt, "publish failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
+                    attempt += 1;
                 }
-                Err(e) => return Err(Error::redis(command)(e)),
+                Err(e) => return Err(Error::redis(Self::command_name::<E>())(e)),
             }
         }
-        Ok(id)
     }
+}
+
+/// One command or a pipeline of them.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
 }
 
 impl Bus {
@@ -173,6 +222,32 @@ impl Bus {
     /// envelope exceeds the configured maximum, [`Error::Redis`] when Redis fails.
     pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<EventId> {
         self.inner.publisher.publish(event, &Meta::default()).await
+    }
+
+    /// Publishes several events of one type in one round trip (a pipeline) and returns their ids,
+    /// in order. Every event is encoded and checked before anything is sent, so an encoding or
+    /// size error publishes nothing.
+    ///
+    /// ```no_run
+    /// # use eventbus::prelude::*;
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+    /// # struct ChatCreated { chat_id: u64 }
+    /// # async fn f(bus: Bus) -> eventbus::Result<()> {
+    /// let events: Vec<ChatCreated> = (0..100).map(|chat_id| ChatCreated { chat_id }).collect();
+    /// let ids = bus.publish_batch(&events).await?;
+    /// assert_eq!(ids.len(), 100);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish). When the connection fails mid-batch, some events may have
+    /// been stored and others not.
+    pub async fn publish_batch<E: DomainEvent>(&self, events: &[E]) -> Result<Vec<EventId>> {
+        self.inner
+            .publisher
+            .publish_batch(events, &Meta::default())
+            .await
     }
 
     /// The dead letters of this bus's namespace.
