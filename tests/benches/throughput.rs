@@ -1,0 +1,873 @@
+//! Throughput and latency of eventbus against the raw redis-rs floor, measured in the same run.
+//!
+//! ```text
+//! cargo bench -p eventbus-tests --bench throughput            # full counts
+//! cargo test  -p eventbus-tests --bench throughput            # smoke: tiny counts, checks it runs
+//! ```
+//!
+//! Starts its own `redis-server` (`--save '' --appendonly no`) on a free port. Each scenario runs
+//! the raw baseline (redis 1.8 + tokio, no framework, writing the same envelope bytes) and
+//! eventbus, alternating, several times; it prints the median rate of each, min–max, and the
+//! ratio, plus one machine-readable line per scenario:
+//! `scenario=<name> raw=<median> bus=<median> ratio=<bus/raw> unit=<unit>`.
+//! Absolute figures depend on the machine; ratios travel.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use eventbus::prelude::*;
+use eventbus_tests::RedisServer;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadReply;
+use tokio::sync::Notify;
+
+/// A ~200-byte event.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "bench.event")]
+struct BenchEvent {
+    n: u64,
+    sent_us: u64,
+    pad: String,
+}
+
+/// The same, delivered by Pub/Sub.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "bench.ping", broadcast)]
+struct BenchPing {
+    n: u64,
+    sent_us: u64,
+    pad: String,
+}
+
+/// What handlers report to the benchmark.
+#[derive(Default)]
+struct Probe {
+    handled: AtomicU64,
+    target: AtomicU64,
+    done: Notify,
+    latencies_us: Mutex<Vec<u64>>,
+    record_latency: std::sync::atomic::AtomicBool,
+}
+
+impl Probe {
+    fn reset(&self, target: u64, record_latency: bool) {
+        self.handled.store(0, Ordering::SeqCst);
+        self.target.store(target, Ordering::SeqCst);
+        self.record_latency.store(record_latency, Ordering::SeqCst);
+        if let Ok(mut l) = self.latencies_us.lock() {
+            l.clear();
+        }
+    }
+
+    fn hit(&self, sent_us: u64) {
+        if self.record_latency.load(Ordering::Relaxed) {
+            let lat = now_us().saturating_sub(sent_us);
+            if let Ok(mut l) = self.latencies_us.lock() {
+                l.push(lat);
+            }
+        }
+        let n = self.handled.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == self.target.load(Ordering::Acquire) {
+            self.done.notify_one();
+        }
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.handled.load(Ordering::Acquire) < self.target.load(Ordering::Acquire) {
+            if tokio::time::timeout_at(deadline, self.done.notified())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "bench timed out: handled {} of {}",
+                    self.handled.load(Ordering::Acquire),
+                    self.target.load(Ordering::Acquire)
+                );
+            }
+        }
+    }
+}
+
+#[event_handler(name = "bench.noop", retries = 0)]
+async fn noop(ev: BenchEvent, probe: State<Arc<Probe>>) -> Result<(), String> {
+    probe.hit(ev.sent_us);
+    Ok(())
+}
+
+#[event_handler(name = "bench.ping", retries = 0)]
+async fn ping(ev: BenchPing, probe: State<Arc<Probe>>) -> Result<(), String> {
+    probe.hit(ev.sent_us);
+    Ok(())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn event(n: u64) -> BenchEvent {
+    BenchEvent {
+        n,
+        sent_us: now_us(),
+        pad: "x".repeat(160),
+    }
+}
+
+/// Counts for one mode.
+struct Counts {
+    reps: usize,
+    awaited: u64,
+    concurrent: u64,
+    batch: u64,
+    backlog: u64,
+    live: u64,
+    latency_secs: u64,
+    broadcast: u64,
+    rss_backlog: u64,
+}
+
+impl Counts {
+    fn full() -> Self {
+        Counts {
+            reps: 3,
+            awaited: 5_000,
+            concurrent: 100_000,
+            batch: 100_000,
+            backlog: 200_000,
+            live: 200_000,
+            latency_secs: 3,
+            broadcast: 100_000,
+            rss_backlog: 1_000_000,
+        }
+    }
+
+    fn smoke() -> Self {
+        Counts {
+            reps: 1,
+            awaited: 50,
+            concurrent: 640,
+            batch: 500,
+            backlog: 1_000,
+            live: 1_000,
+            latency_secs: 1,
+            broadcast: 500,
+            rss_backlog: 2_000,
+        }
+    }
+}
+
+/// Median and range of repeated measurements.
+struct Series(Vec<f64>);
+
+impl Series {
+    fn median(&self) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+    fn range(&self) -> (f64, f64) {
+        let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.0.iter().copied().fold(0.0, f64::max);
+        (min, max)
+    }
+}
+
+fn report(scenario: &str, unit: &str, raw: &Series, bus: &Series, higher_is_better: bool) {
+    let (r, b) = (raw.median(), bus.median());
+    let ratio = if r > 0.0 { b / r } else { 0.0 };
+    let (rmin, rmax) = raw.range();
+    let (bmin, bmax) = bus.range();
+    println!(
+        "{scenario:<34} raw {r:>11.0} {unit} ({rmin:.0}–{rmax:.0})   bus {b:>11.0} {unit} ({bmin:.0}–{bmax:.0})   ratio {ratio:.2}{}",
+        if higher_is_better {
+            ""
+        } else {
+            " (lower is better)"
+        }
+    );
+    println!("scenario={scenario} raw={r:.0} bus={b:.0} ratio={ratio:.3} unit={unit}");
+}
+
+struct Bench {
+    server: RedisServer,
+    probe: Arc<Probe>,
+    envelope: String,
+    ns_counter: AtomicU64,
+}
+
+impl Bench {
+    fn ns(&self, what: &str) -> String {
+        format!(
+            "bench-{what}-{}",
+            self.ns_counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    async fn conn(&self) -> MultiplexedConnection {
+        let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        self.server
+            .client()
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .expect("connect")
+    }
+
+    async fn flush(&self) {
+        let mut c = self.conn().await;
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut c)
+            .await
+            .expect("flushall");
+    }
+
+    async fn bus(&self, ns: &str, handlers: &[&str]) -> Bus {
+        Bus::builder()
+            .redis_url(self.server.url())
+            .namespace(ns)
+            .handlers(handlers.iter().copied())
+            .state(self.probe.clone())
+            .batch_size(100)
+            .concurrency(64)
+            .block_time(Duration::from_millis(500))
+            .build()
+            .await
+            .expect("build bus")
+    }
+
+    async fn prefill(&self, key: &str, n: u64) {
+        let mut c = self.conn().await;
+        let mut left = n;
+        while left > 0 {
+            let chunk = left.min(1000);
+            let mut pipe = redis::pipe();
+            for _ in 0..chunk {
+                pipe.cmd("XADD")
+                    .arg(key)
+                    .arg("*")
+                    .arg("envelope")
+                    .arg(&self.envelope)
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut c).await.expect("prefill");
+            left -= chunk;
+        }
+    }
+}
+
+fn rate(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn stream(ns: &str) -> String {
+    format!("{ns}:{{bench.event}}")
+}
+
+async fn raw_awaited(b: &Bench, n: u64) -> f64 {
+    let key = stream(&b.ns("raw-awaited"));
+    let mut c = b.conn().await;
+    let t = Instant::now();
+    for _ in 0..n {
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("envelope")
+            .arg(&b.envelope)
+            .query_async(&mut c)
+            .await
+            .expect("xadd");
+    }
+    rate(n, t.elapsed())
+}
+
+async fn bus_awaited(b: &Bench, n: u64) -> f64 {
+    let bus = b.bus(&b.ns("bus-awaited"), &[]).await;
+    let t = Instant::now();
+    for i in 0..n {
+        bus.publish(&event(i)).await.expect("publish");
+    }
+    rate(n, t.elapsed())
+}
+
+async fn raw_pipelined(b: &Bench, n: u64, chunk: u64) -> f64 {
+    let key = stream(&b.ns("raw-pipe"));
+    let mut c = b.conn().await;
+    let t = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk);
+        let mut pipe = redis::pipe();
+        for _ in 0..k {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("envelope")
+                .arg(&b.envelope)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await.expect("pipeline");
+        left -= k;
+    }
+    rate(n, t.elapsed())
+}
+
+async fn bus_concurrent(b: &Bench, n: u64, tasks: u64) -> f64 {
+    let bus = b.bus(&b.ns("bus-concurrent"), &[]).await;
+    let per = n / tasks;
+    let t = Instant::now();
+    let mut joins = Vec::new();
+    for task in 0..tasks {
+        let bus = bus.clone();
+        joins.push(tokio::spawn(async move {
+            for i in 0..per {
+                bus.publish(&event(task * per + i)).await.expect("publish");
+            }
+        }));
+    }
+    for j in joins {
+        j.await.expect("task");
+    }
+    rate(per * tasks, t.elapsed())
+}
+
+async fn bus_batch(b: &Bench, n: u64) -> f64 {
+    let bus = b.bus(&b.ns("bus-batch"), &[]).await;
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = (n - sent).min(100);
+        let events: Vec<BenchEvent> = (sent..sent + k).map(event).collect();
+        bus.publish_batch(&events).await.expect("publish_batch");
+        sent += k;
+    }
+    rate(n, t.elapsed())
+}
+
+/// XREADGROUP COUNT 100 + one multi-id XACK per batch until `n` entries are consumed.
+async fn raw_consume(b: &Bench, key: &str, group: &str, n: u64, block: bool) -> u64 {
+    let mut c = b.conn().await;
+    let mut acker = b.conn().await;
+    let mut done = 0;
+    let mut opts = redis::streams::StreamReadOptions::default()
+        .group(group, "raw-0")
+        .count(100);
+    if block {
+        opts = opts.block(1000);
+    }
+    while done < n {
+        let reply: Option<StreamReadReply> =
+            redis::AsyncCommands::xread_options(&mut c, &[key], &[">"], &opts)
+                .await
+                .expect("xreadgroup");
+        let ids: Vec<String> = reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| k.ids)
+                    .map(|e| e.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.is_empty() {
+            continue;
+        }
+        let _: i64 = redis::cmd("XACK")
+            .arg(key)
+            .arg(group)
+            .arg(&ids)
+            .query_async(&mut acker)
+            .await
+            .expect("xack");
+        done += ids.len() as u64;
+    }
+    done
+}
+
+async fn raw_drain(b: &Bench, n: u64) -> f64 {
+    let key = stream(&b.ns("raw-drain"));
+    b.prefill(&key, n).await;
+    let mut c = b.conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("0")
+        .query_async(&mut c)
+        .await
+        .expect("group");
+    let t = Instant::now();
+    raw_consume(b, &key, "g", n, false).await;
+    rate(n, t.elapsed())
+}
+
+async fn bus_drain(b: &Bench, n: u64) -> f64 {
+    let ns = b.ns("bus-drain");
+    b.prefill(&stream(&ns), n).await;
+    let bus = b.bus(&ns, &["bench.noop"]).await;
+    b.probe.reset(n, false);
+    let t = Instant::now();
+    let running = bus.start().await.expect("start");
+    b.probe.wait(Duration::from_secs(600)).await;
+    let r = rate(n, t.elapsed());
+    running.shutdown().await.expect("shutdown");
+    r
+}
+
+async fn raw_live(b: &Bench, n: u64) -> f64 {
+    let key = stream(&b.ns("raw-live"));
+    let mut c = b.conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .expect("group");
+    let t = Instant::now();
+    let producer = {
+        let mut c = b.conn().await;
+        let key = key.clone();
+        let envelope = b.envelope.clone();
+        tokio::spawn(async move {
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(100);
+                let mut pipe = redis::pipe();
+                for _ in 0..k {
+                    pipe.cmd("XADD")
+                        .arg(&key)
+                        .arg("*")
+                        .arg("envelope")
+                        .arg(&envelope)
+                        .ignore();
+                }
+                let _: () = pipe.query_async(&mut c).await.expect("pipeline");
+                left -= k;
+            }
+        })
+    };
+    raw_consume(b, &key, "g", n, true).await;
+    producer.await.expect("producer");
+    rate(n, t.elapsed())
+}
+
+async fn bus_live(b: &Bench, n: u64) -> f64 {
+    let bus = b.bus(&b.ns("bus-live"), &["bench.noop"]).await;
+    b.probe.reset(n, false);
+    let running = bus.start().await.expect("start");
+    let t = Instant::now();
+    let producer = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < n {
+                let k = (n - sent).min(100);
+                let events: Vec<BenchEvent> = (sent..sent + k).map(event).collect();
+                bus.publish_batch(&events).await.expect("publish_batch");
+                sent += k;
+            }
+        })
+    };
+    b.probe.wait(Duration::from_secs(600)).await;
+    let r = rate(n, t.elapsed());
+    producer.await.expect("producer");
+    running.shutdown().await.expect("shutdown");
+    r
+}
+
+fn percentiles(mut v: Vec<u64>) -> (f64, f64, f64) {
+    v.sort_unstable();
+    let at = |q: f64| {
+        v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+    };
+    (at(0.50), at(0.99), at(0.999))
+}
+
+/// Publishes one event per millisecond for `secs` seconds; returns per-event latencies (µs).
+async fn raw_latency(b: &Bench, secs: u64) -> Vec<u64> {
+    let key = stream(&b.ns("raw-latency"));
+    let mut c = b.conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .expect("group");
+    let n = secs * 1000;
+    let consumer = {
+        let mut rc = b.conn().await;
+        let mut acker = b.conn().await;
+        let key = key.clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(n as usize);
+            let opts = redis::streams::StreamReadOptions::default()
+                .group("g", "raw-0")
+                .count(100)
+                .block(1000);
+            while (lat.len() as u64) < n {
+                let reply: Option<StreamReadReply> =
+                    redis::AsyncCommands::xread_options(&mut rc, &[&key], &[">"], &opts)
+                        .await
+                        .expect("read");
+                let mut ids = Vec::new();
+                for e in reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                {
+                    if let Some(redis::Value::BulkString(v)) = e.map.get("sent_us") {
+                        let sent: u64 = String::from_utf8_lossy(v).parse().unwrap_or(0);
+                        lat.push(now_us().saturating_sub(sent));
+                    }
+                    ids.push(e.id);
+                }
+                if !ids.is_empty() {
+                    let _: i64 = redis::cmd("XACK")
+                        .arg(&key)
+                        .arg("g")
+                        .arg(&ids)
+                        .query_async(&mut acker)
+                        .await
+                        .expect("ack");
+                }
+            }
+            lat
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for _ in 0..n {
+        tick.tick().await;
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("sent_us")
+            .arg(now_us())
+            .arg("envelope")
+            .arg(&b.envelope)
+            .query_async(&mut c)
+            .await
+            .expect("xadd");
+    }
+    consumer.await.expect("consumer")
+}
+
+async fn bus_latency(b: &Bench, secs: u64) -> Vec<u64> {
+    let bus = b.bus(&b.ns("bus-latency"), &["bench.noop"]).await;
+    let n = secs * 1000;
+    b.probe.reset(n, true);
+    let running = bus.start().await.expect("start");
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for i in 0..n {
+        tick.tick().await;
+        bus.publish(&event(i)).await.expect("publish");
+    }
+    b.probe.wait(Duration::from_secs(60)).await;
+    running.shutdown().await.expect("shutdown");
+    b.probe
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default()
+}
+
+async fn raw_broadcast(b: &Bench, n: u64, per_ms: bool) -> (f64, Vec<u64>) {
+    let channel = format!("{}:bench.ping", b.ns("raw-bcast"));
+    let mut sub = b.server.client().get_async_pubsub().await.expect("pubsub");
+    sub.subscribe(&channel).await.expect("subscribe");
+    let consumer = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut stream = sub.into_on_message();
+        let mut lat = Vec::with_capacity(n as usize);
+        while (lat.len() as u64) < n {
+            let Some(msg) = stream.next().await else {
+                break;
+            };
+            let payload = msg.get_payload_bytes();
+            let sent = payload
+                .split(|b| *b == b'|')
+                .next()
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            lat.push(now_us().saturating_sub(sent));
+        }
+        lat
+    });
+    let mut c = b.conn().await;
+    let t = Instant::now();
+    if per_ms {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for _ in 0..n {
+            tick.tick().await;
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(format!("{}|{}", now_us(), b.envelope))
+                .query_async(&mut c)
+                .await
+                .expect("publish");
+        }
+    } else {
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(100);
+            let mut pipe = redis::pipe();
+            for _ in 0..k {
+                pipe.cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(format!("{}|{}", now_us(), b.envelope))
+                    .ignore();
+            }
+            let _: () = pipe.query_async(&mut c).await.expect("pipeline");
+            left -= k;
+        }
+    }
+    let lat = consumer.await.expect("consumer");
+    (rate(n, t.elapsed()), lat)
+}
+
+async fn bus_broadcast(b: &Bench, n: u64, per_ms: bool) -> (f64, Vec<u64>) {
+    let bus = Bus::builder()
+        .redis_url(b.server.url())
+        .namespace(b.ns("bus-bcast"))
+        .handlers(["bench.ping"])
+        .state(b.probe.clone())
+        .concurrency(64)
+        .broadcast_queue(n as usize + 1)
+        .build()
+        .await
+        .expect("build");
+    b.probe.reset(n, true);
+    let running = bus.start().await.expect("start");
+    let ping = |i| BenchPing {
+        n: i,
+        sent_us: now_us(),
+        pad: "x".repeat(160),
+    };
+    let t = Instant::now();
+    if per_ms {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for i in 0..n {
+            tick.tick().await;
+            bus.publish(&ping(i)).await.expect("publish");
+        }
+    } else {
+        let mut sent = 0;
+        while sent < n {
+            let k = (n - sent).min(100);
+            let events: Vec<BenchPing> = (sent..sent + k).map(ping).collect();
+            bus.publish_batch(&events).await.expect("publish_batch");
+            sent += k;
+        }
+    }
+    b.probe.wait(Duration::from_secs(600)).await;
+    let r = rate(n, t.elapsed());
+    running.shutdown().await.expect("shutdown");
+    (
+        r,
+        b.probe
+            .latencies_us
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default(),
+    )
+}
+
+/// In a child process: drain a prefilled backlog with one handler; print the peak RSS.
+async fn rss_child(url: String, ns: String, n: u64) {
+    let probe = Arc::new(Probe::default());
+    probe.reset(n, false);
+    let bus = Bus::builder()
+        .redis_url(url)
+        .namespace(ns)
+        .handlers(["bench.noop"])
+        .state(probe.clone())
+        .batch_size(100)
+        .concurrency(64)
+        .build()
+        .await
+        .expect("build");
+    let running = bus.start().await.expect("start");
+    probe.wait(Duration::from_secs(900)).await;
+    running.shutdown().await.expect("shutdown");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or("VmHWM: 0 kB")
+        .to_owned();
+    println!("{hwm}");
+}
+
+async fn rss(b: &Bench, n: u64) -> Option<u64> {
+    let ns = b.ns("rss");
+    b.prefill(&stream(&ns), n).await;
+    let exe = std::env::current_exe().ok()?;
+    let out = tokio::process::Command::new(exe)
+        .arg("--rss-child")
+        .arg(b.server.url())
+        .arg(&ns)
+        .arg(n.to_string())
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse().ok())
+}
+
+async fn measure<F, Fut>(reps: usize, mut f: F) -> Series
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        v.push(f().await);
+    }
+    Series(v)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if args.get(1).map(String::as_str) == Some("--rss-child") {
+        let (url, ns, n) = (
+            args[2].clone(),
+            args[3].clone(),
+            args[4].parse().unwrap_or(0),
+        );
+        rt.block_on(rss_child(url, ns, n));
+        return;
+    }
+    // `cargo bench` passes --bench; `cargo test` runs this as a smoke test with tiny counts.
+    let full =
+        args.iter().any(|a| a == "--bench") && std::env::var_os("EVENTBUS_BENCH_SMOKE").is_none();
+    let counts = if full {
+        Counts::full()
+    } else {
+        Counts::smoke()
+    };
+    rt.block_on(run(counts, full));
+}
+
+async fn run(c: Counts, full: bool) {
+    let server = RedisServer::start();
+    let probe = Arc::new(Probe::default());
+    let sample = serde_json::json!({
+        "specversion": "1.0", "id": "01a20776-2369-77b8-9e00-cd26531cde87", "type": "bench.event",
+        "source": "bench", "time": "2026-11-23T08:11:52.554111Z", "datacontenttype": "application/json",
+        "schemaversion": 1, "data": { "n": 1, "sent_us": now_us(), "pad": "x".repeat(160) }
+    });
+    let b = Bench {
+        server,
+        probe,
+        envelope: sample.to_string(),
+        ns_counter: AtomicU64::new(0),
+    };
+    println!(
+        "eventbus throughput benchmark ({} mode, {} repetitions, envelope {} bytes; medians, min–max in brackets)",
+        if full { "full" } else { "smoke" },
+        c.reps,
+        b.envelope.len()
+    );
+
+    let run_pair = async |name: &'static str, raw: Series, bus: Series| {
+        report(name, "msg/s", &raw, &bus, true);
+    };
+
+    let raw = measure(c.reps, || raw_awaited(&b, c.awaited)).await;
+    let bus = measure(c.reps, || bus_awaited(&b, c.awaited)).await;
+    run_pair("publish_awaited", raw, bus).await;
+    b.flush().await;
+
+    let raw = measure(c.reps, || raw_pipelined(&b, c.concurrent, 64)).await;
+    let bus = measure(c.reps, || bus_concurrent(&b, c.concurrent, 64)).await;
+    run_pair("publish_concurrent_64", raw, bus).await;
+    b.flush().await;
+
+    let raw = measure(c.reps, || raw_pipelined(&b, c.batch, 100)).await;
+    let bus = measure(c.reps, || bus_batch(&b, c.batch)).await;
+    run_pair("publish_batch_100", raw, bus).await;
+    b.flush().await;
+
+    let raw = measure(c.reps, || raw_drain(&b, c.backlog)).await;
+    let bus = measure(c.reps, || bus_drain(&b, c.backlog)).await;
+    run_pair("drain_backlog", raw, bus).await;
+    b.flush().await;
+
+    let raw = measure(c.reps, || raw_live(&b, c.live)).await;
+    let bus = measure(c.reps, || bus_live(&b, c.live)).await;
+    run_pair("live_end_to_end", raw, bus).await;
+    b.flush().await;
+
+    let raw = raw_latency(&b, c.latency_secs).await;
+    let bus = bus_latency(&b, c.latency_secs).await;
+    let (r50, r99, r999) = percentiles(raw);
+    let (b50, b99, b999) = percentiles(bus);
+    for (name, r, bb) in [
+        ("latency_p50_us", r50, b50),
+        ("latency_p99_us", r99, b99),
+        ("latency_p999_us", r999, b999),
+    ] {
+        report(name, "us", &Series(vec![r]), &Series(vec![bb]), false);
+    }
+    b.flush().await;
+
+    let mut raw_rates = Vec::new();
+    let mut bus_rates = Vec::new();
+    for _ in 0..c.reps {
+        raw_rates.push(raw_broadcast(&b, c.broadcast, false).await.0);
+        bus_rates.push(bus_broadcast(&b, c.broadcast, false).await.0);
+    }
+    run_pair("broadcast_end_to_end", Series(raw_rates), Series(bus_rates)).await;
+    let n = c.latency_secs * 1000;
+    let (_, raw) = raw_broadcast(&b, n, true).await;
+    let (_, bus) = bus_broadcast(&b, n, true).await;
+    let (r50, r99, _) = percentiles(raw);
+    let (b50, b99, _) = percentiles(bus);
+    report(
+        "broadcast_latency_p50_us",
+        "us",
+        &Series(vec![r50]),
+        &Series(vec![b50]),
+        false,
+    );
+    report(
+        "broadcast_latency_p99_us",
+        "us",
+        &Series(vec![r99]),
+        &Series(vec![b99]),
+        false,
+    );
+    b.flush().await;
+
+    match rss(&b, c.rss_backlog).await {
+        Some(kb) => {
+            println!(
+                "{:<34} {} events: peak RSS of the bus process {:.1} MiB",
+                "rss_backlog_drain",
+                c.rss_backlog,
+                kb as f64 / 1024.0
+            );
+            println!(
+                "scenario=rss_backlog_drain events={} peak_rss_kib={kb}",
+                c.rss_backlog
+            );
+        }
+        None => println!("scenario=rss_backlog_drain error=child-failed"),
+    }
+}
