@@ -123,13 +123,27 @@ impl Subscriber {
             .collect()
     }
 
-    /// Connects and subscribes every channel; returns once Redis has confirmed them all.
+    /// Connects and subscribes every channel; returns once Redis has confirmed them all, or
+    /// fails after the connect timeout (a frozen server accepts connections but never answers).
     pub(crate) async fn subscribe(&mut self) -> redis::RedisResult<()> {
-        let mut pubsub = self.bus.client.get_async_pubsub().await?;
-        let mut channels: Vec<&String> = self.routes.keys().collect();
-        channels.sort();
-        pubsub.subscribe(channels).await?;
-        let (sink, stream) = pubsub.split();
+        let limit = self.bus.config.connect_timeout;
+        let subscribed = async {
+            let mut pubsub = self.bus.client.get_async_pubsub().await?;
+            let mut channels: Vec<&String> = self.routes.keys().collect();
+            channels.sort();
+            pubsub.subscribe(channels).await?;
+            Ok::<_, redis::RedisError>(pubsub.split())
+        };
+        let (sink, stream) = match tokio::time::timeout(limit, subscribed).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("SUBSCRIBE was not confirmed within {limit:?}"),
+                )
+                .into());
+            }
+        };
         self.sink = Some(sink);
         self.stream = Some(stream);
         self.set_connected(true);
@@ -186,6 +200,7 @@ impl Subscriber {
         let ping_every = self.bus.config.block_time.max(Duration::from_millis(100));
         let mut ping = tokio::time::interval(ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let cancel = self.cancel.clone();
         loop {
             if self.cancel.is_cancelled() {
                 break;
@@ -195,7 +210,11 @@ impl Subscriber {
                 for s in &self.conn_stats {
                     Stats::add(&s.reconnects, 1);
                 }
-                match self.subscribe().await {
+                let subscribed = tokio::select! {
+                    r = self.subscribe() => r,
+                    () = cancel.cancelled() => break,
+                };
+                match subscribed {
                     Ok(()) => {
                         tracing::warn!(
                             channels = self.routes.len(),
@@ -243,7 +262,12 @@ impl Subscriber {
                     // A frozen server or a half-open connection shows only as silence: ping it.
                     if let Some(sink) = self.sink.as_mut() {
                         let timeout = self.bus.config.block_time + transport::BLOCK_MARGIN;
-                        match tokio::time::timeout(timeout, sink.ping::<String>()).await {
+                        // Subscribed (RESP2), PING answers `["pong", ""]`, not `PONG`: any reply.
+                        let reply = tokio::select! {
+                            r = tokio::time::timeout(timeout, sink.ping::<redis::Value>()) => r,
+                            () = cancel.cancelled() => break,
+                        };
+                        match reply {
                             Ok(Ok(_)) => {}
                             Ok(Err(e)) => self.disconnected(&e.to_string()),
                             Err(_) => self.disconnected("ping timed out"),
@@ -281,17 +305,24 @@ async fn work(
 ) {
     let semaphore = Arc::new(Semaphore::new(lane.runner.concurrency()));
     loop {
-        let item = match lane.queue.pop() {
-            Some(item) => item,
-            None if cancel.is_cancelled() => break,
-            None => {
-                tokio::select! {
-                    () = lane.queue.notify.notified() => continue,
-                    () = cancel.cancelled() => continue,
+        // Take a run slot before taking an event: an event popped while every slot is busy would
+        // wait outside the queue, beyond its capacity and out of reach of `DropOldest`.
+        let Ok(permit) = semaphore.clone().acquire_owned().await else {
+            break;
+        };
+        let item = loop {
+            match lane.queue.pop() {
+                Some(item) => break Some(item),
+                None if cancel.is_cancelled() => break None,
+                None => {
+                    tokio::select! {
+                        () = lane.queue.notify.notified() => {}
+                        () = cancel.cancelled() => {}
+                    }
                 }
             }
         };
-        let Ok(permit) = semaphore.clone().acquire_owned().await else {
+        let Some(item) = item else {
             break;
         };
         let lane = lane.clone();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,7 +32,9 @@ struct Shared {
     semaphore: Arc<Semaphore>,
     /// Entry ids being handled by this reader, so a re-read of our own pending entries or a
     /// claim does not start a second run of an entry that is still running here.
-    inflight: Mutex<HashSet<String>>,
+    inflight: Arc<Mutex<HashSet<String>>>,
+    /// Entry ids to acknowledge, batched by [`ack_loop`].
+    acks: mpsc::UnboundedSender<String>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     stats: Arc<Stats>,
@@ -54,11 +56,21 @@ impl Reader {
         tracker: TaskTracker,
     ) -> Reader {
         let runner = Runner::new(bus.clone(), handler, abort);
+        let inflight = Arc::new(Mutex::new(HashSet::new()));
+        let (acks, rx) = mpsc::unbounded_channel();
+        tracker.spawn(ack_loop(
+            rx,
+            bus.conn.clone(),
+            transport::stream_key(&bus.config.namespace, handler.event_name),
+            handler.name,
+            inflight.clone(),
+        ));
         let shared = Shared {
             stream: transport::stream_key(&bus.config.namespace, handler.event_name),
             consumer: bus.config.consumer.clone(),
             semaphore: Arc::new(Semaphore::new(runner.concurrency())),
-            inflight: Mutex::new(HashSet::new()),
+            inflight: inflight.clone(),
+            acks,
             stats: runner.stats.clone(),
             runner,
             handler,
@@ -468,11 +480,7 @@ impl Reader {
             let n = deliveries(&entry.id);
             let shared = self.shared.clone();
             self.shared.tracker.spawn(async move {
-                let id = entry.id.clone();
                 handle_entry(&shared, entry, n).await;
-                if let Ok(mut s) = shared.inflight.lock() {
-                    s.remove(&id);
-                }
                 drop(permit);
             });
         }
@@ -498,46 +506,82 @@ async fn ensure_group(
     }
 }
 
-/// Handles one delivered entry to the end: ack, dead letter, or left pending.
+/// Handles one delivered entry to the end: acked (through the ack batcher), dead-lettered, or
+/// left pending. The entry stays in the in-flight set until its ack is sent.
 async fn handle_entry(shared: &Shared, entry: StreamId, deliveries: u32) {
     let outcome = run_entry(shared, &entry.map, deliveries).await;
-    let mut conn = shared.bus.conn.clone();
     match outcome {
-        Outcome::Ack => {
-            ack(shared, &mut conn, &entry.id).await;
-            Stats::add(&shared.stats.handled, 1);
-        }
-        Outcome::Lost => {
-            Stats::add(&shared.stats.lost_entries, 1);
-            ack(shared, &mut conn, &entry.id).await;
+        Outcome::Ack | Outcome::Lost => {
+            let counter = match outcome {
+                Outcome::Lost => &shared.stats.lost_entries,
+                _ => &shared.stats.handled,
+            };
+            Stats::add(counter, 1);
+            // The ack loop takes the entry out of the in-flight set once it is acked.
+            if let Err(mpsc::error::SendError(id)) = shared.acks.send(entry.id)
+                && let Ok(mut s) = shared.inflight.lock()
+            {
+                s.remove(&id);
+            }
+            return;
         }
         Outcome::DeadLetter(failure) => {
+            let mut conn = shared.bus.conn.clone();
             let ack = Some((shared.stream.as_str(), entry.id.as_str()));
             shared.runner.dead_letter(&mut conn, ack, &failure).await;
         }
         Outcome::Abandoned => {}
     }
+    if let Ok(mut s) = shared.inflight.lock() {
+        s.remove(&entry.id);
+    }
 }
 
-async fn ack(shared: &Shared, conn: &mut ConnectionManager, id: &str) {
-    let mut delay = Duration::from_millis(50);
-    for attempt in 1..=4 {
-        let r = redis::cmd("XACK")
-            .arg(&shared.stream)
-            .arg(shared.handler.name)
-            .arg(id)
-            .query_async::<i64>(conn)
-            .await;
-        match r {
-            Ok(_) => return,
-            Err(e) if attempt == 4 => {
-                tracing::warn!(handler = shared.handler.name, error = %e, "cannot ack; the event will be delivered again");
-            }
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+/// Sends the acks of one reader: ids queue up while an XACK is in flight and go out together in
+/// the next one, so a busy reader acks in batches and an idle one at once (no timer, no added
+/// latency). Ends, after sending everything queued, when the reader and all its runs are done.
+async fn ack_loop(
+    mut rx: mpsc::UnboundedReceiver<String>,
+    mut conn: ConnectionManager,
+    stream: String,
+    group: &'static str,
+    inflight: Arc<Mutex<HashSet<String>>>,
+) {
+    const MAX_BATCH: usize = 1000;
+    let mut batch = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(id) => batch.push(id),
+                Err(_) => break,
             }
         }
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=4 {
+            let r = redis::cmd("XACK")
+                .arg(&stream)
+                .arg(group)
+                .arg(&batch)
+                .query_async::<i64>(&mut conn)
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if attempt == 4 => {
+                    tracing::warn!(handler = group, error = %e, entries = batch.len(), "cannot ack; these events will be delivered again");
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        if let Ok(mut s) = inflight.lock() {
+            for id in &batch {
+                s.remove(id);
+            }
+        }
+        batch.clear();
     }
 }
 
