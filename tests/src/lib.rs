@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod acl;
+pub mod chaos;
+pub mod logs;
+pub mod tls;
+
 /// How a test server persists data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persistence {

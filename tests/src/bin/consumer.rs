@@ -1,6 +1,10 @@
 //! A consumer process for fault tests: runs the `consumer.job` handler from the environment
-//! (`Bus::from_env`), records every handled job in the Redis list `<namespace>:handled`, prints
-//! `ready` once started, and drains on SIGTERM. A job with `crash: true` aborts the process.
+//! (`Bus::from_env`), records every handled job as `<n>:<consumer>` in the Redis list
+//! `<namespace>:handled`, prints `ready` once started, and drains on SIGTERM. A job with
+//! `crash: true` aborts the process.
+//!
+//! The record goes to `RECORD_URL` when set (a separate `redis-server` that fault tests leave
+//! alone), else to `REDIS_URL`.
 
 use std::time::Duration;
 
@@ -41,7 +45,7 @@ async fn job(ev: Job, rec: State<Recorder>) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("REDIS_URL")?;
+    let url = std::env::var("RECORD_URL").or_else(|_| std::env::var("REDIS_URL"))?;
     let ns = std::env::var("EVENTBUS_NAMESPACE")?;
     let conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
