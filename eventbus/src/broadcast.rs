@@ -333,7 +333,7 @@ async fn work(
                 Outcome::DeadLetter(failure) => {
                     lane.runner.dead_letter(&mut conn, None, &failure).await
                 }
-                Outcome::Lost | Outcome::Abandoned => {}
+                Outcome::Skip | Outcome::Lost | Outcome::Abandoned => {}
             }
             drop(permit);
         });

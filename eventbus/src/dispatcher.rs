@@ -29,7 +29,12 @@ struct Shared {
     handler: &'static HandlerRegistration,
     stream: String,
     consumer: String,
-    semaphore: Arc<Semaphore>,
+    /// Handler runs in flight (the handler's concurrency). FIFO: entries claimed from silent
+    /// consumers queue for it ahead of entries read later.
+    running: Arc<Semaphore>,
+    /// Entries read but not finished (concurrency + one batch): bounds what a reader fetches
+    /// ahead of its handler, so a backlog never fills memory, while reads stay full batches.
+    window: Arc<Semaphore>,
     /// Entry ids being handled by this reader, so a re-read of our own pending entries or a
     /// claim does not start a second run of an entry that is still running here.
     inflight: Arc<Mutex<HashSet<String>>>,
@@ -68,7 +73,8 @@ impl Reader {
         let shared = Shared {
             stream: transport::stream_key(&bus.config.namespace, handler.event_name),
             consumer: bus.config.consumer.clone(),
-            semaphore: Arc::new(Semaphore::new(runner.concurrency())),
+            running: Arc::new(Semaphore::new(runner.concurrency())),
+            window: Arc::new(Semaphore::new(runner.concurrency() + bus.config.batch_size)),
             inflight: inflight.clone(),
             acks,
             stats: runner.stats.clone(),
@@ -171,15 +177,13 @@ impl Reader {
                 next_claim = Instant::now() + config.claim_interval;
             }
             let first = tokio::select! {
-                p = shared.semaphore.clone().acquire_owned() => match p {
+                p = shared.window.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
                 () = shared.cancel.cancelled() => break,
             };
-            let count = config
-                .batch_size
-                .min(1 + shared.semaphore.available_permits());
+            let count = config.batch_size.min(1 + shared.window.available_permits());
             let until_timer = next_claim
                 .min(next_lease)
                 .saturating_duration_since(Instant::now());
@@ -201,10 +205,11 @@ impl Reader {
                             None => pending_cursor = None,
                         }
                         let (entries, counts) = self.still_ours(entries).await;
-                        self.dispatch(entries, first, |id| counts.get(id).copied().unwrap_or(1))
-                            .await;
+                        self.dispatch(entries, Some(first), |id| {
+                            counts.get(id).copied().unwrap_or(1)
+                        });
                     } else {
-                        self.dispatch(entries, first, |_| 1).await;
+                        self.dispatch(entries, Some(first), |_| 1);
                     }
                 }
                 Err(e) => {
@@ -400,10 +405,11 @@ impl Reader {
         let config = &shared.bus.config;
         let min_idle = u64::try_from(config.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut cursor = "0-0".to_owned();
-        // A bounded number of pages per cycle keeps one reader from starving its own reads.
-        for _ in 0..16 {
-            let available = shared.semaphore.available_permits();
-            if available == 0 {
+        // Claims come before new reads, even when every run slot is busy: the oldest work of a
+        // dead consumer must not wait behind new work. One page per cycle when the window is
+        // full (bounded memory), more while it has room.
+        for page in 0..16 {
+            if page > 0 && shared.window.available_permits() < config.batch_size {
                 break;
             }
             let mut conn = shared.bus.conn.clone();
@@ -414,7 +420,7 @@ impl Reader {
                 .arg(min_idle)
                 .arg(&cursor)
                 .arg("COUNT")
-                .arg(config.batch_size.min(available))
+                .arg(config.batch_size)
                 .query_async(&mut conn)
                 .await?;
             if !reply.deleted_ids.is_empty() {
@@ -439,10 +445,7 @@ impl Reader {
                     "claimed entries of a silent consumer"
                 );
                 let (claimed, counts) = self.still_ours(reply.claimed).await;
-                if let Ok(first) = shared.semaphore.clone().acquire_owned().await {
-                    self.dispatch(claimed, first, |id| counts.get(id).copied().unwrap_or(1))
-                        .await;
-                }
+                self.dispatch(claimed, None, |id| counts.get(id).copied().unwrap_or(1));
             }
             if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
                 break;
@@ -452,14 +455,14 @@ impl Reader {
         Ok(())
     }
 
-    /// Spawns a run per entry, each holding a concurrency permit (`first` for the first one).
-    async fn dispatch(
+    /// Spawns a run per entry. Each takes a window permit if one is free (`first` for the first
+    /// one; claims may go past the window by a page) and waits its turn for a run slot.
+    fn dispatch(
         &self,
         entries: Vec<StreamId>,
-        first: OwnedSemaphorePermit,
+        mut first: Option<OwnedSemaphorePermit>,
         deliveries: impl Fn(&str) -> u32,
     ) {
-        let mut first = Some(first);
         for entry in entries {
             let fresh = self
                 .shared
@@ -470,18 +473,22 @@ impl Reader {
             if !fresh {
                 continue; // still running here since an earlier delivery
             }
-            let permit = match first.take() {
-                Some(p) => p,
-                None => match self.shared.semaphore.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
+            let window = first
+                .take()
+                .or_else(|| self.shared.window.clone().try_acquire_owned().ok());
             let n = deliveries(&entry.id);
             let shared = self.shared.clone();
             self.shared.tracker.spawn(async move {
-                handle_entry(&shared, entry, n).await;
-                drop(permit);
+                let running = tokio::select! {
+                    p = shared.running.clone().acquire_owned() => p.ok(),
+                    () = shared.runner.abort.cancelled() => None,
+                };
+                if running.is_some() {
+                    handle_entry(&shared, entry, n).await;
+                } else if let Ok(mut s) = shared.inflight.lock() {
+                    s.remove(&entry.id); // abandoned at shutdown: stays pending
+                }
+                drop((running, window));
             });
         }
     }
@@ -511,12 +518,12 @@ async fn ensure_group(
 async fn handle_entry(shared: &Shared, entry: StreamId, deliveries: u32) {
     let outcome = run_entry(shared, &entry.map, deliveries).await;
     match outcome {
-        Outcome::Ack | Outcome::Lost => {
-            let counter = match outcome {
-                Outcome::Lost => &shared.stats.lost_entries,
-                _ => &shared.stats.handled,
-            };
-            Stats::add(counter, 1);
+        Outcome::Ack | Outcome::Lost | Outcome::Skip => {
+            match outcome {
+                Outcome::Lost => Stats::add(&shared.stats.lost_entries, 1),
+                Outcome::Ack => Stats::add(&shared.stats.handled, 1),
+                _ => {}
+            }
             // The ack loop takes the entry out of the in-flight set once it is acked.
             if let Err(mpsc::error::SendError(id)) = shared.acks.send(entry.id)
                 && let Ok(mut s) = shared.inflight.lock()
@@ -607,7 +614,7 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
     if let Some(target) = field(map, envelope::FIELD_HANDLER)
         && target != handler.name.as_bytes()
     {
-        return Outcome::Ack; // a replay meant for another handler
+        return Outcome::Skip; // a replay meant for another handler
     }
     let Some(raw) = field(map, envelope::FIELD_ENVELOPE) else {
         let fields: Vec<&str> = map.keys().map(String::as_str).collect();

@@ -22,8 +22,10 @@ use crate::transport;
 
 /// How one delivery ended.
 pub(crate) enum Outcome {
-    /// Handled, or meant for another handler: acknowledge.
+    /// Handled: acknowledge.
     Ack,
+    /// Meant for another handler (a replay): acknowledge without counting it as handled.
+    Skip,
     /// The entry was deleted from the stream while pending: ack it away and count the loss.
     Lost,
     /// Give up: write a dead letter (and ack).
@@ -104,14 +106,14 @@ impl Runner {
             Err(rejected) => return reject(rejected.id, raw, rejected.reason),
         };
         if env.target.as_deref().is_some_and(|t| t != handler.name) {
-            return Outcome::Ack; // a replay meant for another handler
+            return Outcome::Skip; // a replay meant for another handler
         }
         if env.ty != handler.event_name {
             return reject(
                 Some(env.id),
                 raw,
                 format!(
-                    "envelope type `{}` does not match this stream's event `{}`",
+                    "envelope type `{}` does not match this handler's event `{}`",
                     env.ty, handler.event_name
                 ),
             );
