@@ -34,6 +34,8 @@ const VISIBILITY: Duration = Duration::from_secs(1);
 const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 /// Concurrency of each consumer process in scenario 5.
 const SLOTS: u32 = 200;
+/// Slots per process in the kill -9 scenario: few enough that the survivors run full.
+const KILL_SLOTS: u32 = 100;
 
 /// The Redis under test, the recording Redis, and what the consumers need to reach them.
 struct Rig {
@@ -118,9 +120,9 @@ impl Rig {
 }
 
 /// Scenario 5. One of 3 consumer processes is killed with SIGKILL while it has many jobs in
-/// flight: jobs take 200–600 ms, each process has 200 slots, and jobs arrive at 750/s, so about
-/// 100 are in flight per process (hundreds in all) and the two survivors run at about 75% of
-/// their capacity after the kill.
+/// flight: jobs take 100–400 ms, each process has 100 slots, and jobs arrive at 800/s, so about
+/// 67 are in flight per process (hundreds in all) and the two survivors run at full capacity
+/// after the kill: the claim of the victim's entries must not wait behind new work.
 ///
 /// Right before the kill the victim is frozen with SIGSTOP and its pending entries are read
 /// with XPENDING: that is exactly its in-flight set (it can neither take nor finish anything
@@ -136,23 +138,23 @@ async fn sigkill_of_one_of_three_consumers_loses_nothing_and_its_pending_drains(
     let scenario = "consumer-kill9";
     let total = chaos::count(2_000, 10_000);
     let rig = Rig::new("chaos-kill9");
-    let mut victim = rig.consumer("victim", SLOTS);
-    let _c1 = rig.consumer("c1", SLOTS);
-    let _c2 = rig.consumer("c2", SLOTS);
+    let mut victim = rig.consumer("victim", KILL_SLOTS);
+    let _c1 = rig.consumer("c1", KILL_SLOTS);
+    let _c2 = rig.consumer("c2", KILL_SLOTS);
     let bus = rig.publisher().await;
     let load = Load::start(
         &bus,
         &rig.checker,
         0..total,
         LoadOptions {
-            rate_per_sec: 750,
+            rate_per_sec: 800,
             hold_at: total * 3 / 4,
             ..LoadOptions::default()
         },
         |n| Job {
             n,
             crash: false,
-            sleep_ms: 200 + (n * 37) % 400,
+            sleep_ms: 100 + (n * 37) % 300,
         },
     );
 
