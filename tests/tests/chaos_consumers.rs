@@ -33,8 +33,6 @@ const GROUP: &str = "consumer.job";
 const VISIBILITY: Duration = Duration::from_secs(1);
 const CLAIM_INTERVAL: Duration = Duration::from_millis(200);
 /// Concurrency of each consumer process in scenario 5.
-const SLOTS: u32 = 200;
-/// Slots per process in the kill -9 scenario: few enough that the survivors run full.
 const KILL_SLOTS: u32 = 100;
 
 /// The Redis under test, the recording Redis, and what the consumers need to reach them.

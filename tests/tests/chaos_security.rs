@@ -1,0 +1,655 @@
+//! Security and operations (issue 3, scenarios 13, 14 and 15): a Redis that may evict streams is
+//! flagged (or refused) at start-up, a namespace-limited ACL user runs a whole service while one
+//! outside its namespace fails fast with a permission error, and the bus talks TLS to a TLS-only
+//! server with generated certificates.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventbus::prelude::*;
+use eventbus::{BusBuilder, Error};
+use eventbus_tests::tls::{TlsFiles, TlsRedisServer};
+use eventbus_tests::{
+    ChildProcess, Persistence, RedisServer, acl, init_tracing, logs, namespace, pending_count,
+    stream_key, wait_until,
+};
+use redis::aio::MultiplexedConnection;
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "sec.note")]
+struct Note {
+    n: u64,
+    fail: bool,
+    sleep_ms: u64,
+}
+
+/// Notes handled; notes with `fail` fail until `fixed` is set.
+#[derive(Clone, Default)]
+struct Notes {
+    handled: Arc<Mutex<Vec<u64>>>,
+    fixed: Arc<AtomicBool>,
+}
+
+impl Notes {
+    fn handled(&self) -> Vec<u64> {
+        self.handled.lock().expect("lock").clone()
+    }
+}
+
+const HANDLER: &str = "sec.notes";
+
+#[event_handler(name = "sec.notes", retries = 0)]
+async fn notes(ev: Note, notes: State<Notes>) -> anyhow::Result<()> {
+    if ev.sleep_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ev.sleep_ms)).await; // ok: a slow run, so the reader renews its lease
+    }
+    if ev.fail && !notes.fixed.load(Ordering::SeqCst) {
+        anyhow::bail!("note {} rejected", ev.n);
+    }
+    notes.handled.lock().expect("lock").push(ev.n);
+    Ok(())
+}
+
+fn note(n: u64) -> Note {
+    Note {
+        n,
+        fail: false,
+        sleep_ms: 0,
+    }
+}
+
+fn builder(url: &str, ns: &str, notes: &Notes) -> BusBuilder {
+    let mut b = Bus::builder();
+    b.redis_url(url)
+        .namespace(ns)
+        .handlers([HANDLER])
+        .visibility_timeout(Duration::from_secs(1))
+        .claim_interval(Duration::from_millis(200))
+        .block_time(Duration::from_millis(200))
+        .state(notes.clone());
+    b
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 13: eviction policy.
+
+async fn config_set(conn: &mut MultiplexedConnection, key: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("CONFIG SET {key} {value}: {e}"));
+}
+
+/// `allkeys-*` policies may evict streams: `build()` warns, naming the policy; `noeviction` and
+/// `volatile-*` (streams have no TTL) do not.
+#[tokio::test(flavor = "current_thread")]
+async fn an_evicting_maxmemory_policy_is_a_loud_warning() {
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let ns = namespace("evict-warn");
+    for (policy, warns) in [
+        ("noeviction", false),
+        ("volatile-lru", false),
+        ("allkeys-lru", true),
+        ("allkeys-lfu", true),
+        ("allkeys-random", true),
+    ] {
+        config_set(&mut admin, "maxmemory-policy", policy).await;
+        let (subscriber, captured) = logs::capture(tracing::Level::WARN);
+        let guard = tracing::subscriber::set_default(subscriber);
+        let bus = builder(&server.url(), &ns, &Notes::default()).build().await;
+        drop(guard);
+        assert!(bus.is_ok(), "{policy}: builds: {bus:?}");
+        let warnings = captured.find("WARN", "maxmemory-policy");
+        if warns {
+            assert_eq!(warnings.len(), 1, "{policy}: {}", captured.text());
+            let message = warnings[0]["fields"]["message"].as_str().unwrap_or("");
+            assert!(
+                message.contains(policy) && message.contains("evict"),
+                "{policy}: the warning names the policy and the risk: {message}"
+            );
+            println!("{policy}: {message}");
+        } else {
+            assert!(warnings.is_empty(), "{policy}: {}", captured.text());
+        }
+    }
+}
+
+/// With `refuse_evicting_redis(true)`, an `allkeys-*` policy is a start-up error naming it.
+#[tokio::test(flavor = "current_thread")]
+async fn refuse_evicting_redis_makes_it_a_startup_error() {
+    let server = RedisServer::start_with(Persistence::None, &["--maxmemory-policy", "allkeys-lfu"]);
+    let ns = namespace("evict-refuse");
+    let err = builder(&server.url(), &ns, &Notes::default())
+        .refuse_evicting_redis(true)
+        .build()
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    println!("refused: {text}");
+    assert!(matches!(err, Error::Config { .. }), "{err:?}");
+    assert!(
+        text.contains("maxmemory-policy") && text.contains("allkeys-lfu"),
+        "{text}"
+    );
+    // The same through the environment (EVENTBUS_REFUSE_EVICTION), in the consumer process.
+    let url = server.url();
+    let mut child = ChildProcess::spawn(
+        env!("CARGO_BIN_EXE_consumer"),
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("EVENTBUS_NAMESPACE", ns.as_str()),
+            ("EVENTBUS_HANDLERS", "consumer.job"),
+            ("EVENTBUS_REFUSE_EVICTION", "true"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the consumer did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await; // ok: polling a child process with a deadline
+    };
+    assert!(!status.success(), "the consumer refused to start");
+    let stderr = child.stderr();
+    assert!(
+        stderr.contains("maxmemory-policy") && stderr.contains("allkeys-lfu"),
+        "{stderr}"
+    );
+    // And `noeviction` starts.
+    let mut admin = server.conn().await;
+    config_set(&mut admin, "maxmemory-policy", "noeviction").await;
+    builder(&server.url(), &ns, &Notes::default())
+        .refuse_evicting_redis(true)
+        .build()
+        .await
+        .expect("noeviction is fine");
+}
+
+/// A user that may not run CONFIG (a managed Redis, a strict ACL) skips the check: the bus
+/// starts even with `refuse_evicting_redis(true)`.
+#[tokio::test(flavor = "current_thread")]
+async fn the_eviction_check_is_skipped_when_config_is_denied() {
+    let server = RedisServer::start_with(Persistence::None, &["--maxmemory-policy", "allkeys-lru"]);
+    let mut admin = server.conn().await;
+    let ns = namespace("evict-noconfig");
+    let pattern = format!("~{ns}:*");
+    acl::set_user(
+        &mut admin,
+        "svc",
+        &["on", ">pw", &pattern, "+@all", "-config"],
+    )
+    .await;
+    let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());
+    builder(&url, &ns, &Notes::default())
+        .refuse_evicting_redis(true)
+        .build()
+        .await
+        .expect("starts without the check");
+    assert!(
+        acl::log(&mut admin)
+            .await
+            .iter()
+            .any(|e| e.get("object").map(String::as_str) == Some("config|get")),
+        "CONFIG GET was tried and denied"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 14: ACL.
+
+/// The ACL rules a service needs besides its key pattern `~<namespace>:*`, found by running a
+/// whole service under them and taking each one away in turn (each is needed by some step of
+/// `a_namespace_limited_acl_user_runs_a_whole_service`). `+client|id +client|unblock` (to cut
+/// a blocked read short at shutdown) and `+config|get` (the eviction check) are optional: without
+/// them the service runs, Redis logs the denials. `+@stream` is a simpler superset of the
+/// stream commands.
+const SERVICE_RULES: &[&str] = &[
+    "resetchannels",
+    "-@all",
+    "+xadd",
+    "+xreadgroup",
+    "+xack",
+    "+xautoclaim",
+    "+xclaim",
+    "+xpending",
+    "+xgroup|create",
+    "+xrange",
+    "+xdel",
+    "+xlen",
+    "+ping",
+    "+multi",
+    "+exec",
+    "+scan",
+    "+del",
+    "+client|id",
+    "+client|unblock",
+    "+config|get",
+];
+
+async fn service_user(admin: &mut MultiplexedConnection, user: &str, ns: &str) {
+    let pattern = format!("~{ns}:*");
+    let mut rules = vec!["on", ">pw", pattern.as_str()];
+    rules.extend_from_slice(SERVICE_RULES);
+    acl::set_user(admin, user, &rules).await;
+}
+
+/// A user limited to one namespace (`~ns:*`) and the rules above runs a whole service: start,
+/// publish, handle (with a lease renewal), claim a dead consumer's entry, dead-letter, list,
+/// replay, remove and purge dead letters, shut down; Redis denies it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_limited_acl_user_runs_a_whole_service() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let ns = namespace("acl-ok");
+    let stream = stream_key(&ns, Note::NAME);
+    service_user(&mut admin, "svc", &ns).await;
+    acl::reset_log(&mut admin).await;
+    // A consumer that died holding note 6: the service claims it (and, with `retries = 0`,
+    // dead-letters it: its one delivery was used up by the crash).
+    let stranded = serde_json::json!({
+        "specversion": "1.0", "id": "stranded", "type": Note::NAME, "source": "/test",
+        "data": {"n": 6, "fail": false, "sleep_ms": 0}
+    })
+    .to_string();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(HANDLER)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut admin)
+        .await
+        .expect("XGROUP CREATE");
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("envelope")
+        .arg(&stranded)
+        .query_async(&mut admin)
+        .await
+        .expect("XADD");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(HANDLER)
+        .arg("dead")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut admin)
+        .await
+        .expect("XREADGROUP");
+
+    let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());
+    let notes = Notes::default();
+    let bus = builder(&url, &ns, &notes).build().await.expect("build");
+    let running = bus.start().await.expect("start");
+    bus.publish(&note(1)).await.expect("publish");
+    bus.publish(&Note {
+        n: 2,
+        fail: false,
+        sleep_ms: 700,
+    })
+    .await
+    .expect("publish");
+    for n in [3, 4, 5] {
+        bus.publish(&Note {
+            n,
+            fail: true,
+            sleep_ms: 0,
+        })
+        .await
+        .expect("publish");
+    }
+    wait_until(Duration::from_secs(15), "handled and dead-lettered", || {
+        let bus = bus.clone();
+        let notes = notes.clone();
+        async move {
+            notes.handled().len() == 2 && bus.dlq().list(10).await.expect("list").len() == 4
+        }
+    })
+    .await;
+    let letters = bus.dlq().list(10).await.expect("list");
+    let letter = |n: u64| {
+        letters
+            .iter()
+            .find(|l| l.envelope["data"]["n"] == n)
+            .unwrap_or_else(|| panic!("no dead letter for note {n}: {letters:#?}"))
+    };
+    assert!(
+        letter(6).error.contains("delivered 2 times"),
+        "{}",
+        letter(6).error
+    );
+    notes.fixed.store(true, Ordering::SeqCst);
+    bus.dlq().replay(&letter(6).id).await.expect("replay");
+    bus.dlq().replay(&letter(3).id).await.expect("replay");
+    bus.dlq().remove(&letter(4).id).await.expect("remove");
+    wait_until(
+        Duration::from_secs(10),
+        "the replayed notes handled",
+        || {
+            let notes = notes.clone();
+            async move { notes.handled().len() == 4 }
+        },
+    )
+    .await;
+    assert_eq!(bus.dlq().purge().await.expect("purge"), 1);
+    let health = running.health();
+    running.shutdown().await.expect("shutdown");
+
+    let denied = acl::log(&mut admin).await;
+    assert!(denied.is_empty(), "nothing was denied: {denied:#?}");
+    assert_eq!(acl::error_count(&mut admin, "NOPERM").await, 0);
+    assert!(health.is_healthy(), "{health:?}");
+    assert_eq!(health.readers[0].claimed, 1, "{health:?}");
+    let mut handled = notes.handled();
+    handled.sort_unstable();
+    assert_eq!(handled, [1, 2, 3, 6]);
+    assert_eq!(pending_count(&mut admin, &stream, HANDLER).await, 0);
+    for command in ["xclaim", "xautoclaim", "xpending", "multi", "scan", "del"] {
+        assert!(
+            acl::command_calls(&mut admin, command).await > 0,
+            "the run used {command}"
+        );
+    }
+}
+
+/// The same user pointed at another namespace: `start()` and `publish` fail at once with
+/// [`Error::Permission`], which says what to grant; nothing is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_outside_its_acl_namespace_fails_fast_with_a_permission_error() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let allowed = namespace("acl-mine");
+    let other = namespace("acl-theirs");
+    service_user(&mut admin, "svc", &allowed).await;
+    let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());
+    let notes = Notes::default();
+    let bus = builder(&url, &other, &notes).build().await.expect("build");
+
+    let started = Instant::now();
+    let err = bus.start().await.expect_err("start is denied");
+    let start_took = started.elapsed();
+    let text = err.to_string();
+    println!("start: {text} (after {start_took:?})");
+    assert!(matches!(err, Error::Permission { .. }), "{err:?}");
+    assert!(
+        text.contains("permission denied by the Redis ACL") && text.contains("~<namespace>:*"),
+        "{text}"
+    );
+    assert!(!err.is_transient(), "a permission error is not transient");
+    let after_start = acl::error_count(&mut admin, "NOPERM").await;
+
+    let started = Instant::now();
+    let err = bus.publish(&note(1)).await.expect_err("publish is denied");
+    let publish_took = started.elapsed();
+    println!("publish: {err} (after {publish_took:?})");
+    assert!(matches!(err, Error::Permission { .. }), "{err:?}");
+    let after_publish = acl::error_count(&mut admin, "NOPERM").await;
+
+    assert!(start_took < Duration::from_secs(2), "fast: {start_took:?}");
+    assert!(
+        publish_took < Duration::from_secs(2),
+        "fast: {publish_took:?}"
+    );
+    assert_eq!(after_start, 1, "start tried once");
+    assert_eq!(after_publish - after_start, 1, "publish tried once");
+}
+
+/// Permissions revoked under a running service: the reader reports it in `health()` and backs
+/// off (no retry storm) instead of spinning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_permissions_are_reported_and_backed_off() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let ns = namespace("acl-revoked");
+    service_user(&mut admin, "svc", &ns).await;
+    let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());
+    let notes = Notes::default();
+    let bus = builder(&url, &ns, &notes).build().await.expect("build");
+    let running = bus.start().await.expect("start");
+    let before = acl::error_count(&mut admin, "NOPERM").await;
+    acl::add_rules(&mut admin, "svc", &["resetkeys"]).await;
+    wait_until(Duration::from_secs(5), "health reports the denial", || {
+        let health = running.health();
+        async move {
+            health.readers[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.to_ascii_lowercase().contains("noperm"))
+        }
+    })
+    .await;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await; // ok: counting denied commands over a 3 s window
+    let denied = acl::error_count(&mut admin, "NOPERM").await - before;
+    let health = running.health();
+    println!(
+        "revoked: {denied} NOPERM replies in {:?}; {health:?}",
+        t0.elapsed()
+    );
+    assert!(!health.is_healthy());
+    assert!(denied <= 40, "backed off, not a storm: {denied} denials");
+
+    acl::add_rules(&mut admin, "svc", &[&format!("~{ns}:*")]).await;
+    bus.publish(&note(1)).await.expect("publish");
+    wait_until(Duration::from_secs(10), "handled after the grant", || {
+        let notes = notes.clone();
+        async move { notes.handled() == [1] }
+    })
+    .await;
+    wait_until(Duration::from_secs(5), "healthy again", || {
+        let healthy = running.health().is_healthy();
+        async move { healthy }
+    })
+    .await;
+    running.shutdown().await.expect("shutdown");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 15: TLS.
+
+/// The bus connects with `rediss://` and the test CA to a TLS-only server, and handles an event
+/// end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_runs_over_tls_with_the_given_ca() {
+    init_tracing();
+    let files = TlsFiles::generate();
+    let server = TlsRedisServer::start(&files, false);
+    let ns = namespace("tls");
+    let notes = Notes::default();
+    let bus = builder(&server.url(), &ns, &notes)
+        .tls_ca_file(files.ca_cert())
+        .build()
+        .await
+        .expect("build over TLS");
+    let running = bus.start().await.expect("start");
+    bus.publish(&note(1)).await.expect("publish");
+    wait_until(Duration::from_secs(10), "handled over TLS", || {
+        let notes = notes.clone();
+        async move { notes.handled() == [1] }
+    })
+    .await;
+    let health = running.health();
+    running.shutdown().await.expect("shutdown");
+    assert!(health.is_healthy(), "{health:?}");
+    let mut admin = server.conn().await;
+    assert_eq!(
+        pending_count(&mut admin, &stream_key(&ns, Note::NAME), HANDLER).await,
+        0
+    );
+}
+
+/// A CA that did not sign the server's certificate is a clear start-up error, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_is_a_clear_startup_error() {
+    init_tracing();
+    let files = TlsFiles::generate();
+    let wrong = TlsFiles::generate();
+    let server = TlsRedisServer::start(&files, false);
+    let ns = namespace("tls-wrong-ca");
+    let started = Instant::now();
+    let err = builder(&server.url(), &ns, &Notes::default())
+        .tls_ca_file(wrong.ca_cert())
+        .build()
+        .await
+        .expect_err("the wrong CA is refused");
+    let took = started.elapsed();
+    let chain = error_chain(&err);
+    println!("wrong CA ({took:?}): {chain}");
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&server.url()) && text.contains("cannot reach Redis"),
+        "{text}"
+    );
+    assert!(
+        chain.to_ascii_lowercase().contains("certificate"),
+        "the cause names the certificate problem: {chain}"
+    );
+    assert!(took < Duration::from_secs(3), "fails at once: {took:?}");
+
+    // No CA at all: the system roots do not know the test CA either.
+    let err = builder(&server.url(), &ns, &Notes::default())
+        .build()
+        .await
+        .expect_err("untrusted without a CA file");
+    println!("no CA: {}", error_chain(&err));
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+
+    // A CA file that does not exist is a configuration error naming the setting.
+    let err = builder(&server.url(), &ns, &Notes::default())
+        .tls_ca_file(files.ca_cert().with_extension("missing"))
+        .build()
+        .await
+        .expect_err("missing file");
+    println!("missing CA file: {err}");
+    assert!(
+        matches!(err, Error::Config { .. }) && err.to_string().contains("EVENTBUS_TLS_CA_FILE"),
+        "{err:?}"
+    );
+}
+
+/// A server that requires client certificates (mutual TLS): the bus presents one with
+/// `tls_client_cert`, and without it the connection is refused at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate() {
+    init_tracing();
+    let files = TlsFiles::generate();
+    let server = TlsRedisServer::start(&files, true);
+    let ns = namespace("mtls");
+    let notes = Notes::default();
+    let err = builder(&server.url(), &ns, &notes)
+        .tls_ca_file(files.ca_cert())
+        .build()
+        .await
+        .expect_err("no client certificate");
+    println!("mTLS without a client certificate: {}", error_chain(&err));
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+
+    let bus = builder(&server.url(), &ns, &notes)
+        .tls_ca_file(files.ca_cert())
+        .tls_client_cert(files.client_cert(), files.client_key())
+        .build()
+        .await
+        .expect("build with a client certificate");
+    let running = bus.start().await.expect("start");
+    bus.publish(&note(7)).await.expect("publish");
+    wait_until(Duration::from_secs(10), "handled over mutual TLS", || {
+        let notes = notes.clone();
+        async move { notes.handled() == [7] }
+    })
+    .await;
+    running.shutdown().await.expect("shutdown");
+}
+
+/// The TLS settings from the environment (`EVENTBUS_TLS_CA_FILE`, `EVENTBUS_TLS_CERT_FILE`,
+/// `EVENTBUS_TLS_KEY_FILE`), in the consumer process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_settings_from_the_environment() {
+    init_tracing();
+    let files = TlsFiles::generate();
+    let server = TlsRedisServer::start(&files, true);
+    let record = RedisServer::start();
+    let ns = namespace("tls-env");
+    let (url, record_url) = (server.url(), record.url());
+    let ca = files.ca_cert().display().to_string();
+    let cert = files.client_cert().display().to_string();
+    let key = files.client_key().display().to_string();
+    let mut child = ChildProcess::spawn(
+        env!("CARGO_BIN_EXE_consumer"),
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("RECORD_URL", record_url.as_str()),
+            ("EVENTBUS_NAMESPACE", ns.as_str()),
+            ("EVENTBUS_HANDLERS", "consumer.job"),
+            ("EVENTBUS_BLOCK_TIME", "200ms"),
+            ("EVENTBUS_TLS_CA_FILE", ca.as_str()),
+            ("EVENTBUS_TLS_CERT_FILE", cert.as_str()),
+            ("EVENTBUS_TLS_KEY_FILE", key.as_str()),
+        ],
+    );
+    child.wait_for_line("ready", Duration::from_secs(20));
+    // Publish the consumer's job over TLS with a raw client.
+    let envelope = serde_json::json!({
+        "specversion": "1.0", "id": "tls-env-1", "type": "test.job", "source": "/test",
+        "data": {"n": 11, "crash": false, "sleep_ms": 0}
+    })
+    .to_string();
+    let mut conn = server.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(stream_key(&ns, "test.job"))
+        .arg("*")
+        .arg("envelope")
+        .arg(envelope)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD over TLS");
+    let mut record_conn = record.conn().await;
+    let key = format!("{ns}:handled");
+    wait_until(
+        Duration::from_secs(10),
+        "the consumer handled the job",
+        || {
+            let mut record_conn = record_conn.clone();
+            let key = key.clone();
+            async move {
+                let handled: Vec<String> = redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut record_conn)
+                    .await
+                    .expect("LRANGE");
+                handled.iter().any(|h| h.starts_with("11:"))
+            }
+        },
+    )
+    .await;
+    let _: () = redis::cmd("PING")
+        .query_async(&mut record_conn)
+        .await
+        .expect("PING");
+    child.signal("TERM");
+    child.wait_for_line("stopped", Duration::from_secs(10));
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
