@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broadcast::Subscriber;
+use crate::coalesce::Coalescer;
 use crate::config::{BusBuilder, Config};
 use crate::dispatcher::Reader;
 use crate::dlq::DeadLetters;
@@ -56,6 +57,7 @@ pub(crate) struct BusInner {
 #[derive(Clone, Debug)]
 pub(crate) struct Publisher {
     conn: ConnectionManager,
+    coalescer: Coalescer,
     namespace: Arc<str>,
     source: Arc<str>,
     max_len: Option<usize>,
@@ -138,7 +140,7 @@ impl Publisher {
         let mut attempt = 1;
         loop {
             let result = match request {
-                Request::Cmd(cmd) => cmd.query_async::<redis::Value>(&mut conn).await,
+                Request::Cmd(cmd) => self.coalescer.query(cmd.clone()).await,
                 Request::Pipe(pipe) => pipe.query_async::<redis::Value>(&mut conn).await,
             };
             match result {
@@ -186,6 +188,7 @@ impl Bus {
         let mut conn = transport::shared(&client, &config).await?;
         check_eviction(&mut conn, &config).await?;
         let publisher = Publisher {
+            coalescer: Coalescer::spawn(conn.clone()),
             conn: conn.clone(),
             namespace: config.namespace.as_str().into(),
             source: config.service.as_str().into(),

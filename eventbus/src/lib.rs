@@ -33,6 +33,7 @@ extern crate self as eventbus;
 
 mod broadcast;
 mod bus;
+mod coalesce;
 mod config;
 mod context;
 mod dispatcher;

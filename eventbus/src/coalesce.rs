@@ -1,0 +1,101 @@
+//! Auto-pipelining for single publishes: concurrent `publish` calls on one bus are sent together
+//! as one pipeline, like a hand-written pipeline would, while a lone publish goes out at once.
+
+use redis::aio::ConnectionManager;
+use redis::{Cmd, RedisResult, Value};
+use tokio::sync::{mpsc, oneshot};
+
+/// The most commands sent in one pipeline.
+const MAX_BATCH: usize = 512;
+
+struct Job {
+    cmd: Cmd,
+    reply: oneshot::Sender<RedisResult<Value>>,
+}
+
+/// A handle to the writer task of one bus. The task ends when the last handle is dropped.
+#[derive(Clone, Debug)]
+pub(crate) struct Coalescer {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl Coalescer {
+    /// Spawns the writer on the current runtime.
+    pub(crate) fn spawn(conn: ConnectionManager) -> Coalescer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write(rx, conn));
+        Coalescer { tx }
+    }
+
+    /// Sends one command, pipelined with whatever other commands are waiting.
+    pub(crate) async fn query(&self, cmd: Cmd) -> RedisResult<Value> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job { cmd, reply }).is_err() {
+            return Err(closed());
+        }
+        rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+}
+
+fn closed() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the bus's publish connection is closed",
+    ))
+}
+
+/// Takes every command that is waiting (up to [`MAX_BATCH`]) and sends them as one pipeline
+/// while the next ones queue up: batches grow with the load, and an idle bus adds no delay.
+async fn write(mut rx: mpsc::UnboundedReceiver<Job>, mut conn: ConnectionManager) {
+    let mut jobs = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if jobs.len() == 1 {
+            if let Some(job) = jobs.pop() {
+                let result = job.cmd.query_async::<Value>(&mut conn).await;
+                let _ = job.reply.send(result);
+            }
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for job in &jobs {
+            pipe.add_command(job.cmd.clone());
+        }
+        // With ignore_errors each command gets its own result: one command's server error
+        // (NOPERM, OOM) does not fail the others.
+        match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
+            Ok(results) if results.len() == jobs.len() => {
+                for (job, result) in jobs.drain(..).zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Ok(_) => {
+                let e = redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "pipeline reply count does not match the commands sent",
+                ));
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
