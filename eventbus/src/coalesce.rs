@@ -17,6 +17,9 @@ struct Job {
 #[derive(Clone, Debug)]
 pub(crate) struct Coalescer {
     tx: mpsc::UnboundedSender<Job>,
+    conn: ConnectionManager,
+    /// Publishes under way; a lone one skips the writer task and its two hand-offs.
+    busy: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Job {
@@ -29,12 +32,29 @@ impl Coalescer {
     /// Spawns the writer on the current runtime.
     pub(crate) fn spawn(conn: ConnectionManager) -> Coalescer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write(rx, conn));
-        Coalescer { tx }
+        tokio::spawn(write(rx, conn.clone()));
+        Coalescer {
+            tx,
+            conn,
+            busy: Default::default(),
+        }
     }
 
     /// Sends one command, pipelined with whatever other commands are waiting.
     pub(crate) async fn query(&self, cmd: Cmd) -> RedisResult<Value> {
+        use std::sync::atomic::Ordering;
+        struct Busy<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Busy<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _busy = Busy(&self.busy);
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Nothing else is being published: send it straight away.
+            let mut conn = self.conn.clone();
+            return cmd.query_async::<Value>(&mut conn).await;
+        }
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Job { cmd, reply }).is_err() {
             return Err(closed());

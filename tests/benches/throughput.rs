@@ -788,86 +788,105 @@ async fn run(c: Counts, full: bool) {
     let run_pair = async |name: &'static str, raw: Series, bus: Series| {
         report(name, "msg/s", &raw, &bus, true);
     };
+    // EVENTBUS_BENCH_ONLY=<scenario prefix> runs one scenario (for profiling).
+    let only = std::env::var("EVENTBUS_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || name.starts_with(only.as_str());
 
-    let raw = measure(c.reps, || raw_awaited(&b, c.awaited)).await;
-    let bus = measure(c.reps, || bus_awaited(&b, c.awaited)).await;
-    run_pair("publish_awaited", raw, bus).await;
-    b.flush().await;
-
-    let raw = measure(c.reps, || raw_pipelined(&b, c.concurrent, 64)).await;
-    let bus = measure(c.reps, || bus_concurrent(&b, c.concurrent, 64)).await;
-    run_pair("publish_concurrent_64", raw, bus).await;
-    b.flush().await;
-
-    let raw = measure(c.reps, || raw_pipelined(&b, c.batch, 100)).await;
-    let bus = measure(c.reps, || bus_batch(&b, c.batch)).await;
-    run_pair("publish_batch_100", raw, bus).await;
-    b.flush().await;
-
-    let raw = measure(c.reps, || raw_drain(&b, c.backlog)).await;
-    let bus = measure(c.reps, || bus_drain(&b, c.backlog)).await;
-    run_pair("drain_backlog", raw, bus).await;
-    b.flush().await;
-
-    let raw = measure(c.reps, || raw_live(&b, c.live)).await;
-    let bus = measure(c.reps, || bus_live(&b, c.live)).await;
-    run_pair("live_end_to_end", raw, bus).await;
-    b.flush().await;
-
-    let raw = raw_latency(&b, c.latency_secs).await;
-    let bus = bus_latency(&b, c.latency_secs).await;
-    let (r50, r99, r999) = percentiles(raw);
-    let (b50, b99, b999) = percentiles(bus);
-    for (name, r, bb) in [
-        ("latency_p50_us", r50, b50),
-        ("latency_p99_us", r99, b99),
-        ("latency_p999_us", r999, b999),
-    ] {
-        report(name, "us", &Series(vec![r]), &Series(vec![bb]), false);
+    if wanted("publish_awaited") {
+        let raw = measure(c.reps, || raw_awaited(&b, c.awaited)).await;
+        let bus = measure(c.reps, || bus_awaited(&b, c.awaited)).await;
+        run_pair("publish_awaited", raw, bus).await;
+        b.flush().await;
     }
-    b.flush().await;
 
-    let mut raw_rates = Vec::new();
-    let mut bus_rates = Vec::new();
-    for _ in 0..c.reps {
-        raw_rates.push(raw_broadcast(&b, c.broadcast, false).await.0);
-        bus_rates.push(bus_broadcast(&b, c.broadcast, false).await.0);
+    if wanted("publish_concurrent_64") {
+        let raw = measure(c.reps, || raw_pipelined(&b, c.concurrent, 64)).await;
+        let bus = measure(c.reps, || bus_concurrent(&b, c.concurrent, 64)).await;
+        run_pair("publish_concurrent_64", raw, bus).await;
+        b.flush().await;
     }
-    run_pair("broadcast_end_to_end", Series(raw_rates), Series(bus_rates)).await;
-    let n = c.latency_secs * 1000;
-    let (_, raw) = raw_broadcast(&b, n, true).await;
-    let (_, bus) = bus_broadcast(&b, n, true).await;
-    let (r50, r99, _) = percentiles(raw);
-    let (b50, b99, _) = percentiles(bus);
-    report(
-        "broadcast_latency_p50_us",
-        "us",
-        &Series(vec![r50]),
-        &Series(vec![b50]),
-        false,
-    );
-    report(
-        "broadcast_latency_p99_us",
-        "us",
-        &Series(vec![r99]),
-        &Series(vec![b99]),
-        false,
-    );
-    b.flush().await;
 
-    match rss(&b, c.rss_backlog).await {
-        Some(kb) => {
-            println!(
-                "{:<34} {} events: peak RSS of the bus process {:.1} MiB",
-                "rss_backlog_drain",
-                c.rss_backlog,
-                kb as f64 / 1024.0
-            );
-            println!(
-                "scenario=rss_backlog_drain events={} peak_rss_kib={kb}",
-                c.rss_backlog
-            );
+    if wanted("publish_batch_100") {
+        let raw = measure(c.reps, || raw_pipelined(&b, c.batch, 100)).await;
+        let bus = measure(c.reps, || bus_batch(&b, c.batch)).await;
+        run_pair("publish_batch_100", raw, bus).await;
+        b.flush().await;
+    }
+
+    if wanted("drain_backlog") {
+        let raw = measure(c.reps, || raw_drain(&b, c.backlog)).await;
+        let bus = measure(c.reps, || bus_drain(&b, c.backlog)).await;
+        run_pair("drain_backlog", raw, bus).await;
+        b.flush().await;
+    }
+
+    if wanted("live_end_to_end") {
+        let raw = measure(c.reps, || raw_live(&b, c.live)).await;
+        let bus = measure(c.reps, || bus_live(&b, c.live)).await;
+        run_pair("live_end_to_end", raw, bus).await;
+        b.flush().await;
+    }
+
+    if wanted("latency") {
+        let raw = raw_latency(&b, c.latency_secs).await;
+        let bus = bus_latency(&b, c.latency_secs).await;
+        let (r50, r99, r999) = percentiles(raw);
+        let (b50, b99, b999) = percentiles(bus);
+        for (name, r, bb) in [
+            ("latency_p50_us", r50, b50),
+            ("latency_p99_us", r99, b99),
+            ("latency_p999_us", r999, b999),
+        ] {
+            report(name, "us", &Series(vec![r]), &Series(vec![bb]), false);
         }
-        None => println!("scenario=rss_backlog_drain error=child-failed"),
+        b.flush().await;
+    }
+
+    if wanted("broadcast") {
+        let mut raw_rates = Vec::new();
+        let mut bus_rates = Vec::new();
+        for _ in 0..c.reps {
+            raw_rates.push(raw_broadcast(&b, c.broadcast, false).await.0);
+            bus_rates.push(bus_broadcast(&b, c.broadcast, false).await.0);
+        }
+        run_pair("broadcast_end_to_end", Series(raw_rates), Series(bus_rates)).await;
+        let n = c.latency_secs * 1000;
+        let (_, raw) = raw_broadcast(&b, n, true).await;
+        let (_, bus) = bus_broadcast(&b, n, true).await;
+        let (r50, r99, _) = percentiles(raw);
+        let (b50, b99, _) = percentiles(bus);
+        report(
+            "broadcast_latency_p50_us",
+            "us",
+            &Series(vec![r50]),
+            &Series(vec![b50]),
+            false,
+        );
+        report(
+            "broadcast_latency_p99_us",
+            "us",
+            &Series(vec![r99]),
+            &Series(vec![b99]),
+            false,
+        );
+        b.flush().await;
+    }
+
+    if wanted("rss") {
+        match rss(&b, c.rss_backlog).await {
+            Some(kb) => {
+                println!(
+                    "{:<34} {} events: peak RSS of the bus process {:.1} MiB",
+                    "rss_backlog_drain",
+                    c.rss_backlog,
+                    kb as f64 / 1024.0
+                );
+                println!(
+                    "scenario=rss_backlog_drain events={} peak_rss_kib={kb}",
+                    c.rss_backlog
+                );
+            }
+            None => println!("scenario=rss_backlog_drain error=child-failed"),
+        }
     }
 }
