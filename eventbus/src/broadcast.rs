@@ -155,10 +155,7 @@ impl Subscriber {
         if let Err(source) = self.subscribe().await {
             return Err(match source.code() {
                 Some("NOPERM") => Error::redis("SUBSCRIBE")(source),
-                _ => Error::Connect {
-                    url: transport::redact(&self.bus.config.redis_url),
-                    source,
-                },
+                _ => Error::connect(&self.bus.config.redis_url, source),
             });
         }
         Ok(self)

@@ -151,7 +151,13 @@ impl Publisher {
                     delay *= 2;
                     attempt += 1;
                 }
-                Err(e) => return Err(Error::redis(Self::command_name::<E>())(e)),
+                Err(e) => {
+                    let key = match E::DELIVERY {
+                        Delivery::Durable => transport::stream_key(&self.namespace, E::NAME),
+                        Delivery::Broadcast => transport::channel_key(&self.namespace, E::NAME),
+                    };
+                    return Err(Error::redis_key(Self::command_name::<E>(), &key)(e));
+                }
             }
         }
     }

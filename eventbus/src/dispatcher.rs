@@ -105,15 +105,14 @@ impl Reader {
         let mut conn = self.shared.bus.conn.clone();
         ensure_group(&mut conn, &self.shared.stream, self.group())
             .await
-            .map_err(Error::redis("XGROUP CREATE"))
+            .map_err(Error::redis_key("XGROUP CREATE", &self.shared.stream))
     }
 
     /// Opens the dedicated connection for blocking reads.
     pub(crate) async fn connect(mut self) -> Result<Reader> {
-        self.reconnect().await.map_err(|source| Error::Connect {
-            url: transport::redact(&self.shared.bus.config.redis_url),
-            source,
-        })?;
+        self.reconnect()
+            .await
+            .map_err(|source| Error::connect(&self.shared.bus.config.redis_url, source))?;
         Ok(self)
     }
 
@@ -172,6 +171,7 @@ impl Reader {
             }
             if now >= next_claim {
                 if let Err(e) = self.claim_abandoned().await {
+                    Stats::add(&stats.claim_errors, 1);
                     tracing::warn!(handler = self.group(), error = %e, "claiming abandoned entries failed");
                 }
                 next_claim = Instant::now() + config.claim_interval;
@@ -268,21 +268,56 @@ impl Reader {
             .lock()
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        if ids.is_empty() {
+        let (Some(min), Some(max)) = (
+            ids.iter().min_by_key(|id| parse_id(id)),
+            ids.iter().max_by_key(|id| parse_id(id)),
+        ) else {
             return;
-        }
+        };
         let mut conn = self.shared.bus.conn.clone();
-        let r = redis::cmd("XCLAIM")
+        // Renew only what this consumer still owns: an entry another consumer claimed while
+        // this one was frozen is theirs now.
+        let owned: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
             .arg(&self.shared.stream)
             .arg(self.group())
+            .arg(min)
+            .arg(max)
+            .arg(ids.len().max(1) * 4)
             .arg(&self.shared.consumer)
-            .arg(0)
-            .arg(&ids)
-            .arg("JUSTID")
-            .query_async::<Vec<String>>(&mut conn)
+            .query_async(&mut conn)
             .await;
-        if let Err(e) = r {
-            tracing::debug!(handler = self.group(), error = %e, "cannot renew leases");
+        let result = match owned {
+            Ok(owned) => {
+                let wanted: HashSet<&String> = ids.iter().collect();
+                let mine: Vec<&String> = owned
+                    .ids
+                    .iter()
+                    .map(|p| &p.id)
+                    .filter(|id| wanted.contains(id))
+                    .collect();
+                if mine.is_empty() {
+                    return;
+                }
+                redis::cmd("XCLAIM")
+                    .arg(&self.shared.stream)
+                    .arg(self.group())
+                    .arg(&self.shared.consumer)
+                    .arg(0)
+                    .arg(&mine)
+                    .arg("JUSTID")
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await
+                    .map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            Stats::add(&self.shared.stats.claim_errors, 1);
+            tracing::warn!(
+                handler = self.group(),
+                error = %e,
+                "cannot renew the lease of running entries; a slow handler's entry may be claimed by another consumer"
+            );
         }
     }
 
@@ -629,4 +664,10 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
         });
     };
     shared.runner.run(raw, deliveries).await
+}
+
+/// A stream entry id as `(milliseconds, sequence)`, for ordering.
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }

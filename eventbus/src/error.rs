@@ -10,10 +10,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// Redis could not be reached at start-up.
-    #[error("cannot reach Redis at {url}: start redis-server there or set REDIS_URL")]
+    #[error("cannot reach Redis at {url}: {hint}")]
     Connect {
         /// The URL, with any password replaced by `***`.
         url: String,
+        /// What to do about it.
+        hint: &'static str,
         /// What the client reported.
         #[source]
         source: redis::RedisError,
@@ -162,6 +164,40 @@ impl Error {
         match self {
             Error::Redis { source, .. } | Error::Connect { source, .. } => is_transient(source),
             _ => false,
+        }
+    }
+
+    /// A start-up connection failure, with a hint that fits its cause.
+    pub(crate) fn connect(url: &str, source: redis::RedisError) -> Error {
+        let text = format!("{source:?}").to_ascii_lowercase();
+        let hint = if ["certificate", "tls", "unknownissuer", "handshake"]
+            .iter()
+            .any(|w| text.contains(w))
+        {
+            "the TLS handshake failed: check the CA file (EVENTBUS_TLS_CA_FILE) and, for mutual TLS, the client certificate (EVENTBUS_TLS_CERT_FILE, EVENTBUS_TLS_KEY_FILE)"
+        } else if matches!(source.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM")) {
+            "Redis refused the credentials: check the user and password in REDIS_URL"
+        } else {
+            "start redis-server there or set REDIS_URL"
+        };
+        Error::Connect {
+            url: crate::transport::redact(url),
+            hint,
+            source,
+        }
+    }
+
+    /// As [`Error::redis`], naming the key in a permission error.
+    pub(crate) fn redis_key<'a>(
+        command: &'static str,
+        key: &'a str,
+    ) -> impl FnOnce(redis::RedisError) -> Error + 'a {
+        move |source| match Error::redis(command)(source) {
+            Error::Permission { command, detail } => Error::Permission {
+                command,
+                detail: format!("{detail}; key `{key}`"),
+            },
+            other => other,
         }
     }
 

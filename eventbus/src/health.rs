@@ -57,6 +57,9 @@ pub struct ReaderHealth {
     pub dead_lettered: u64,
     /// Events handled successfully (acknowledged).
     pub handled: u64,
+    /// Failed attempts to claim a silent consumer's entries or to renew leases (e.g. an ACL
+    /// that denies XAUTOCLAIM or XCLAIM): while they fail, crashed consumers' entries wait.
+    pub claim_errors: u64,
     /// Broadcast only: events dropped because the handler's queue was full.
     pub dropped: u64,
     /// Broadcast only: times the subscriber was disconnected; events published until it
@@ -76,6 +79,7 @@ pub(crate) struct Stats {
     pub(crate) claimed: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) handled: AtomicU64,
+    pub(crate) claim_errors: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) gaps: AtomicU64,
 }
@@ -104,6 +108,7 @@ impl Stats {
             claimed: get(&self.claimed),
             dead_lettered: get(&self.dead_lettered),
             handled: get(&self.handled),
+            claim_errors: get(&self.claim_errors),
             dropped: get(&self.dropped),
             gaps: get(&self.gaps),
         }

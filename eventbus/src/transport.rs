@@ -97,10 +97,7 @@ pub(crate) async fn shared(client: &Client, config: &Config) -> Result<Connectio
     let probe_cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.connect_timeout));
-    let connect_error = |source| Error::Connect {
-        url: redact(&config.redis_url),
-        source,
-    };
+    let connect_error = |source| Error::connect(&config.redis_url, source);
     let mut probe = client
         .get_multiplexed_async_connection_with_config(&probe_cfg)
         .await
@@ -118,18 +115,12 @@ pub(crate) async fn shared(client: &Client, config: &Config) -> Result<Connectio
     let mut conn = client
         .get_connection_manager_with_config(cfg)
         .await
-        .map_err(|source| Error::Connect {
-            url: redact(&config.redis_url),
-            source,
-        })?;
+        .map_err(|source| Error::connect(&config.redis_url, source))?;
     // The connection manager connects lazily on some errors; make sure the server answers.
     redis::cmd("PING")
         .query_async::<()>(&mut conn)
         .await
-        .map_err(|source| Error::Connect {
-            url: redact(&config.redis_url),
-            source,
-        })?;
+        .map_err(|source| Error::connect(&config.redis_url, source))?;
     Ok(conn)
 }
 

@@ -393,6 +393,10 @@ async fn a_service_outside_its_acl_namespace_fails_fast_with_a_permission_error(
     let publish_took = started.elapsed();
     println!("publish: {err} (after {publish_took:?})");
     assert!(matches!(err, Error::Permission { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("key `{other}:{{")),
+        "the message names the denied key: {err}"
+    );
     let after_publish = acl::error_count(&mut admin, "NOPERM").await;
 
     assert!(start_took < Duration::from_secs(2), "fast: {start_took:?}");
@@ -509,8 +513,10 @@ async fn a_wrong_ca_is_a_clear_startup_error() {
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.contains(&server.url()) && text.contains("cannot reach Redis"),
-        "{text}"
+        text.contains(&server.url())
+            && text.contains("cannot reach Redis")
+            && text.contains("EVENTBUS_TLS_CA_FILE"),
+        "the message points at the TLS settings: {text}"
     );
     assert!(
         chain.to_ascii_lowercase().contains("certificate"),
