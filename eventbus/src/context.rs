@@ -39,7 +39,7 @@ pub struct Context {
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub(crate) event_id: EventId,
-    pub(crate) event_name: String,
+    pub(crate) event_name: &'static str,
     pub(crate) correlation_id: Option<EventId>,
     pub(crate) causation_id: Option<EventId>,
     pub(crate) handler: &'static str,
@@ -59,7 +59,7 @@ impl Context {
 
     /// The event name (the envelope's `type`).
     pub fn event_name(&self) -> &str {
-        &self.delivery.event_name
+        self.delivery.event_name
     }
 
     /// The correlation id: the publisher's, or the event's own id when the publisher set none.

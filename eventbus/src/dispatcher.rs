@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamPendingCountReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -338,7 +338,7 @@ impl Reader {
         id: String,
         count: usize,
         block: Option<Duration>,
-    ) -> redis::RedisResult<Vec<StreamId>> {
+    ) -> redis::RedisResult<Vec<Entry>> {
         let Some((conn, client_id)) = self.conn.as_mut() else {
             return Ok(Vec::new());
         };
@@ -354,7 +354,7 @@ impl Reader {
                 .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
         }
         cmd.arg("STREAMS").arg(&self.shared.stream).arg(id);
-        let read = cmd.query_async::<Option<StreamReadReply>>(conn);
+        let read = cmd.query_async::<Value>(conn);
         tokio::pin!(read);
         let reply = tokio::select! {
             r = &mut read => r,
@@ -366,20 +366,18 @@ impl Reader {
                 let grace = self.shared.bus.config.block_time + Duration::from_secs(1);
                 match tokio::time::timeout(grace, read).await {
                     Ok(r) => r,
-                    Err(_) => Ok(None),
+                    Err(_) => Ok(Value::Nil),
                 }
             }
         }?;
-        Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default())
+        Ok(parse_read_reply(reply))
     }
 
     /// Of entries re-read from our own pending list or just claimed: the ones to run now, with
     /// their delivery counts. An entry still running here is skipped, and so is one that is no
     /// longer pending. The in-flight check comes first: a run that finishes (and acks) after it
     /// is then seen as no longer pending by XPENDING, instead of being started a second time.
-    async fn still_ours(&self, entries: Vec<StreamId>) -> (Vec<StreamId>, HashMap<String, u32>) {
+    async fn still_ours(&self, entries: Vec<Entry>) -> (Vec<Entry>, HashMap<String, u32>) {
         let running: HashSet<String> = self
             .shared
             .inflight
@@ -404,7 +402,7 @@ impl Reader {
 
     /// Delivery counts of entries in our own pending list (after this delivery); `None` when
     /// XPENDING failed.
-    async fn delivery_counts(&self, entries: &[StreamId]) -> Option<HashMap<String, u32>> {
+    async fn delivery_counts(&self, entries: &[Entry]) -> Option<HashMap<String, u32>> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Some(HashMap::new());
         };
@@ -479,7 +477,8 @@ impl Reader {
                     claimed = reply.claimed.len(),
                     "claimed entries of a silent consumer"
                 );
-                let (claimed, counts) = self.still_ours(reply.claimed).await;
+                let claimed = reply.claimed.into_iter().map(Entry::from).collect();
+                let (claimed, counts) = self.still_ours(claimed).await;
                 self.dispatch(claimed, None, |id| counts.get(id).copied().unwrap_or(1));
             }
             if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
@@ -494,7 +493,7 @@ impl Reader {
     /// one; claims may go past the window by a page) and waits its turn for a run slot.
     fn dispatch(
         &self,
-        entries: Vec<StreamId>,
+        entries: Vec<Entry>,
         mut first: Option<OwnedSemaphorePermit>,
         deliveries: impl Fn(&str) -> u32,
     ) {
@@ -550,8 +549,8 @@ async fn ensure_group(
 
 /// Handles one delivered entry to the end: acked (through the ack batcher), dead-lettered, or
 /// left pending. The entry stays in the in-flight set until its ack is sent.
-async fn handle_entry(shared: &Shared, entry: StreamId, deliveries: u32) {
-    let outcome = run_entry(shared, &entry.map, deliveries).await;
+async fn handle_entry(shared: &Shared, entry: Entry, deliveries: u32) {
+    let outcome = run_entry(shared, &entry, deliveries).await;
     match outcome {
         Outcome::Ack | Outcome::Lost | Outcome::Skip => {
             match outcome {
@@ -627,18 +626,10 @@ async fn ack_loop(
     }
 }
 
-fn field<'a>(map: &'a HashMap<String, Value>, name: &str) -> Option<&'a [u8]> {
-    match map.get(name)? {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
 /// Reads the envelope out of one entry and runs it through the handler's pipeline.
-async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u32) -> Outcome {
+async fn run_entry(shared: &Shared, entry: &Entry, deliveries: u32) -> Outcome {
     let handler = shared.runner.handler;
-    if map.is_empty() {
+    if entry.fields.is_empty() {
         // Re-read of a pending entry that was deleted from the stream: nothing to run.
         tracing::warn!(
             handler = handler.name,
@@ -646,13 +637,17 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
         );
         return Outcome::Lost;
     }
-    if let Some(target) = field(map, envelope::FIELD_HANDLER)
+    if let Some(target) = entry.field(envelope::FIELD_HANDLER)
         && target != handler.name.as_bytes()
     {
         return Outcome::Skip; // a replay meant for another handler
     }
-    let Some(raw) = field(map, envelope::FIELD_ENVELOPE) else {
-        let fields: Vec<&str> = map.keys().map(String::as_str).collect();
+    let Some(raw) = entry.field(envelope::FIELD_ENVELOPE) else {
+        let fields: Vec<String> = entry
+            .fields
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+            .collect();
         return Outcome::DeadLetter(Failure {
             event_id: None,
             error: format!(
@@ -670,4 +665,134 @@ async fn run_entry(shared: &Shared, map: &HashMap<String, Value>, deliveries: u3
 fn parse_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// One stream entry as the reader needs it: the id and the fields, taken out of the reply
+/// without copies (no per-entry map of owned keys).
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    /// Field name and value pairs; empty when the entry was deleted while pending.
+    pub(crate) fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// `[id, [field, value, ...]]`, or `[id, nil]` for an entry deleted while pending.
+    fn from_value(v: Value) -> Option<Entry> {
+        let Value::Array(parts) = v else { return None };
+        let mut parts = parts.into_iter();
+        let id = into_string(parts.next()?)?;
+        let mut fields = Vec::new();
+        if let Some(Value::Array(kv)) = parts.next() {
+            let mut kv = kv.into_iter();
+            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                if let (Some(k), Some(v)) = (into_bytes(k), into_bytes(v)) {
+                    fields.push((k, v));
+                }
+            }
+        }
+        Some(Entry { id, fields })
+    }
+}
+
+impl From<redis::streams::StreamId> for Entry {
+    fn from(e: redis::streams::StreamId) -> Entry {
+        let fields = e
+            .map
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.into_bytes(), into_bytes(v)?)))
+            .collect();
+        Entry { id: e.id, fields }
+    }
+}
+
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn into_string(v: Value) -> Option<String> {
+    into_bytes(v).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// An XREADGROUP reply for one stream: `nil`, `[[key, [entry, ...]]]` (RESP2) or
+/// `{key: [entry, ...]}` (RESP3).
+fn parse_read_reply(reply: Value) -> Vec<Entry> {
+    let entries = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    entries
+        .into_iter()
+        .flat_map(|list| match list {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        })
+        .filter_map(Entry::from_value)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_resp2_read_replies_with_deleted_entries() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("events:{a}"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("envelope"), bulk("{}")]),
+                ]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = parse_read_reply(reply);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "1-0");
+        assert_eq!(entries[0].field("envelope"), Some(&b"{}"[..]));
+        assert_eq!(entries[0].field("handler"), None);
+        assert!(entries[1].fields.is_empty());
+        assert!(parse_read_reply(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn parses_resp3_read_replies() {
+        let reply = Value::Map(vec![(
+            bulk("events:{a}"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![
+                    bulk("envelope"),
+                    bulk("x"),
+                    bulk("handler"),
+                    bulk("h"),
+                ]),
+            ])]),
+        )]);
+        let entries = parse_read_reply(reply);
+        assert_eq!(entries[0].field("handler"), Some(&b"h"[..]));
+    }
 }

@@ -1,5 +1,6 @@
 //! The wire format: a CloudEvents 1.0 structured-mode JSON envelope (see `docs/WIRE.md`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -161,15 +162,22 @@ pub(crate) fn encode<E: crate::DomainEvent>(
 
 #[derive(Deserialize)]
 struct Incoming<'a> {
-    specversion: Option<String>,
-    id: Option<String>,
-    #[serde(rename = "type")]
-    ty: Option<String>,
-    datacontenttype: Option<String>,
+    // Borrowed from the entry where possible: no allocation per attribute on the hot path.
+    #[serde(borrow)]
+    specversion: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    datacontenttype: Option<Cow<'a, str>>,
     schemaversion: Option<serde_json::Value>,
-    correlationid: Option<String>,
-    causationid: Option<String>,
-    eventbushandler: Option<String>,
+    #[serde(borrow)]
+    correlationid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    causationid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    eventbushandler: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     data_base64: Option<serde::de::IgnoredAny>,
@@ -179,12 +187,12 @@ struct Incoming<'a> {
 #[derive(Debug)]
 pub(crate) struct Decoded<'a> {
     pub(crate) id: EventId,
-    pub(crate) ty: String,
+    pub(crate) ty: Cow<'a, str>,
     pub(crate) version: u32,
     pub(crate) correlation_id: Option<EventId>,
     pub(crate) causation_id: Option<EventId>,
     /// `eventbushandler`: only this handler runs it (a replayed broadcast dead letter).
-    pub(crate) target: Option<String>,
+    pub(crate) target: Option<Cow<'a, str>>,
     pub(crate) data: &'a RawValue,
 }
 
@@ -228,7 +236,7 @@ pub(crate) fn decode(raw: &str) -> Result<Decoded<'_>, Rejected> {
         None => return Err(Rejected::new("envelope has no `specversion`")),
     }
     let id = match env.id {
-        Some(id) if !id.is_empty() => EventId::from(id),
+        Some(id) if !id.is_empty() => EventId::from(&*id),
         _ => return Err(Rejected::new("envelope has no `id`")),
     };
     let reject = |reason: String| Rejected {
@@ -240,13 +248,12 @@ pub(crate) fn decode(raw: &str) -> Result<Decoded<'_>, Rejected> {
         _ => return Err(reject("envelope has no `type`".into())),
     };
     if let Some(ct) = &env.datacontenttype {
-        let ct = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if !(ct == "application/json" || ct == "text/json" || ct.ends_with("+json")) {
+        let ct = ct.split(';').next().unwrap_or("").trim();
+        let bytes = ct.as_bytes();
+        let json = ct.eq_ignore_ascii_case("application/json")
+            || ct.eq_ignore_ascii_case("text/json")
+            || (bytes.len() >= 5 && bytes[bytes.len() - 5..].eq_ignore_ascii_case(b"+json"));
+        if !json {
             return Err(reject(format!(
                 "unsupported datacontenttype {ct:?}: only JSON data is accepted"
             )));
@@ -276,8 +283,11 @@ pub(crate) fn decode(raw: &str) -> Result<Decoded<'_>, Rejected> {
         correlation_id: env
             .correlationid
             .filter(|s| !s.is_empty())
-            .map(EventId::from),
-        causation_id: env.causationid.filter(|s| !s.is_empty()).map(EventId::from),
+            .map(|s| EventId::from(&*s)),
+        causation_id: env
+            .causationid
+            .filter(|s| !s.is_empty())
+            .map(|s| EventId::from(&*s)),
         target: env.eventbushandler.filter(|s| !s.is_empty()),
         data,
     })
@@ -389,7 +399,7 @@ mod tests {
                 let raw = serde_json::Value::Object(obj).to_string();
                 if let Ok(d) = decode(&raw) {
                     prop_assert_eq!(Some(serde_json::Value::String(d.id.to_string())), id);
-                    prop_assert_eq!(Some(serde_json::Value::String(d.ty.clone())), ty);
+                    prop_assert_eq!(Some(serde_json::Value::String(d.ty.to_string())), ty);
                     prop_assert!(d.version >= 1);
                 }
             }

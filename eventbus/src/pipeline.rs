@@ -141,7 +141,7 @@ impl Runner {
         }
         let delivery = Arc::new(Delivery {
             event_id: env.id.clone(),
-            event_name: env.ty.clone(),
+            event_name: handler.event_name,
             correlation_id: env.correlation_id.clone(),
             causation_id: env.causation_id.clone(),
             handler: handler.name,
