@@ -66,7 +66,12 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     /// Encodes one event and builds its command: `XADD` (durable) or `PUBLISH` (broadcast).
-    fn command<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<(EventId, redis::Cmd)> {
+    fn command<E: DomainEvent>(
+        &self,
+        key: &str,
+        event: &E,
+        meta: &Meta,
+    ) -> Result<(EventId, redis::Cmd)> {
         let id = EventId::new();
         let json =
             envelope::encode(&id, &self.source, meta, event).map_err(|source| Error::Encode {
@@ -83,7 +88,7 @@ impl Publisher {
         let cmd = match E::DELIVERY {
             Delivery::Durable => {
                 let mut cmd = redis::cmd("XADD");
-                cmd.arg(transport::stream_key(&self.namespace, E::NAME));
+                cmd.arg(key);
                 if let Some(n) = self.max_len {
                     cmd.arg("MAXLEN").arg("~").arg(n);
                 }
@@ -92,12 +97,19 @@ impl Publisher {
             }
             Delivery::Broadcast => {
                 let mut cmd = redis::cmd("PUBLISH");
-                cmd.arg(transport::channel_key(&self.namespace, E::NAME))
-                    .arg(json);
+                cmd.arg(key).arg(json);
                 cmd
             }
         };
         Ok((id, cmd))
+    }
+
+    /// The stream (durable) or channel (broadcast) of an event type.
+    fn key<E: DomainEvent>(&self) -> String {
+        match E::DELIVERY {
+            Delivery::Durable => transport::stream_key(&self.namespace, E::NAME),
+            Delivery::Broadcast => transport::channel_key(&self.namespace, E::NAME),
+        }
     }
 
     fn command_name<E: DomainEvent>() -> &'static str {
@@ -108,7 +120,7 @@ impl Publisher {
     }
 
     pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
-        let (id, cmd) = self.command(event, meta)?;
+        let (id, cmd) = self.command(&self.key::<E>(), event, meta)?;
         self.send::<E>(Request::Cmd(&cmd)).await?;
         Ok(id)
     }
@@ -120,8 +132,9 @@ impl Publisher {
     ) -> Result<Vec<EventId>> {
         let mut ids = Vec::with_capacity(events.len());
         let mut pipe = redis::pipe();
+        let key = self.key::<E>();
         for event in events {
-            let (id, cmd) = self.command(event, meta)?;
+            let (id, cmd) = self.command(&key, event, meta)?;
             pipe.add_command(cmd).ignore();
             ids.push(id);
         }
@@ -152,11 +165,10 @@ impl Publisher {
                     attempt += 1;
                 }
                 Err(e) => {
-                    let key = match E::DELIVERY {
-                        Delivery::Durable => transport::stream_key(&self.namespace, E::NAME),
-                        Delivery::Broadcast => transport::channel_key(&self.namespace, E::NAME),
-                    };
-                    return Err(Error::redis_key(Self::command_name::<E>(), &key)(e));
+                    return Err(Error::redis_key(
+                        Self::command_name::<E>(),
+                        &self.key::<E>(),
+                    )(e));
                 }
             }
         }

@@ -126,7 +126,8 @@ struct Outgoing<'a, E> {
     #[serde(rename = "type")]
     ty: &'a str,
     source: &'a str,
-    time: String,
+    #[serde(serialize_with = "display")]
+    time: humantime::Rfc3339Timestamp,
     datacontenttype: &'static str,
     schemaversion: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,26 +139,35 @@ struct Outgoing<'a, E> {
     data: &'a E,
 }
 
-/// Encodes one event as its JSON envelope.
+fn display<S: serde::Serializer, T: fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+/// Encodes one event as its JSON envelope, in one buffer sized for a typical envelope.
 pub(crate) fn encode<E: crate::DomainEvent>(
     id: &EventId,
     source: &str,
     meta: &Meta,
     event: &E,
-) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&Outgoing {
-        specversion: SPEC_VERSION,
-        id,
-        ty: E::NAME,
-        source,
-        time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        datacontenttype: "application/json",
-        schemaversion: E::VERSION,
-        correlationid: meta.correlation_id.as_ref(),
-        causationid: meta.causation_id.as_ref(),
-        traceparent: None,
-        data: event,
-    })
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut buf = Vec::with_capacity(512);
+    serde_json::to_writer(
+        &mut buf,
+        &Outgoing {
+            specversion: SPEC_VERSION,
+            id,
+            ty: E::NAME,
+            source,
+            time: humantime::format_rfc3339_micros(SystemTime::now()),
+            datacontenttype: "application/json",
+            schemaversion: E::VERSION,
+            correlationid: meta.correlation_id.as_ref(),
+            causationid: meta.causation_id.as_ref(),
+            traceparent: None,
+            data: event,
+        },
+    )?;
+    Ok(buf)
 }
 
 #[derive(Deserialize)]
