@@ -234,8 +234,10 @@ impl Bus {
 
     /// Publishes an event durably (`XADD` to its stream) and returns its id.
     ///
-    /// Not retried: when the connection drops mid-call the event may or may not be stored, and
-    /// the error says so; a retry by the caller may store it twice under two ids.
+    /// Connection errors (refused, dropped, timed out) are retried up to three times with
+    /// backoff, resending the same envelope: when a reply was lost, the event may be stored twice,
+    /// both copies with the same id (consumers deduplicate by id). An `Err` means the event may or
+    /// may not have been stored; a retry by the caller then gets a new id.
     ///
     /// # Errors
     ///
@@ -262,8 +264,9 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// As [`publish`](Self::publish). When the connection fails mid-batch, some events may have
-    /// been stored and others not.
+    /// As [`publish`](Self::publish): a connection error retries the whole pipeline, so events
+    /// stored before the error may be stored twice (same ids); an `Err` means any of them may or
+    /// may not have been stored.
     pub async fn publish_batch<E: DomainEvent>(&self, events: &[E]) -> Result<Vec<EventId>> {
         self.inner
             .publisher

@@ -579,6 +579,9 @@ impl BusBuilder {
             None => default_consumer(&service),
         };
         check_name("EVENTBUS_CONSUMER", &consumer)?;
+        // Upper bounds keep timers and semaphores far from overflow: a start-up error, not a
+        // panic later.
+        const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
         let positive = |key: &'static str, d: Duration| {
             if d.is_zero() {
                 Err(Error::config(
@@ -586,10 +589,32 @@ impl BusBuilder {
                     "0s",
                     "must be longer than zero, e.g. \"500ms\" or \"30s\"",
                 ))
+            } else if d > MAX_DURATION {
+                Err(Error::config(
+                    key,
+                    fmt_duration(d),
+                    "must be at most 30 days",
+                ))
             } else {
                 Ok(d)
             }
         };
+        if self.drain_timeout > MAX_DURATION {
+            return Err(Error::config(
+                "EVENTBUS_DRAIN_TIMEOUT",
+                fmt_duration(self.drain_timeout),
+                "must be at most 30 days",
+            ));
+        }
+        for (key, n) in [
+            ("EVENTBUS_BATCH_SIZE", self.batch_size),
+            ("EVENTBUS_CONCURRENCY", self.concurrency as usize),
+            ("EVENTBUS_BROADCAST_QUEUE", self.broadcast_queue),
+        ] {
+            if n > 1_000_000 {
+                return Err(Error::config(key, n.to_string(), "must be at most 1000000"));
+            }
+        }
         let visibility_timeout = positive("EVENTBUS_VISIBILITY_TIMEOUT", self.visibility_timeout)?;
         let claim_interval = match self.claim_interval {
             Some(d) => positive("EVENTBUS_CLAIM_INTERVAL", d)?,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::streams::{StreamAutoClaimReply, StreamPendingCountReply};
+use redis::streams::StreamPendingCountReply;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ impl Reader {
         abort: CancellationToken,
         tracker: TaskTracker,
     ) -> Reader {
-        let runner = Runner::new(bus.clone(), handler, abort);
+        let runner = Runner::new(bus.clone(), handler, abort.clone());
         let inflight = Arc::new(Mutex::new(HashSet::new()));
         let (acks, rx) = mpsc::unbounded_channel();
         tracker.spawn(ack_loop(
@@ -69,6 +69,7 @@ impl Reader {
             transport::stream_key(&bus.config.namespace, handler.event_name),
             handler.name,
             inflight.clone(),
+            abort.clone(),
         ));
         let shared = Shared {
             stream: transport::stream_key(&bus.config.namespace, handler.event_name),
@@ -142,9 +143,9 @@ impl Reader {
         // Start by re-reading our own pending entries (a restart under a stable consumer name,
         // or deliveries a dropped connection never showed us), then switch to new entries.
         let mut pending_cursor: Option<String> = Some("0".to_owned());
-        let mut next_claim = Instant::now();
-        let lease_interval = (config.visibility_timeout / 3).max(Duration::from_millis(10));
-        let mut next_lease = Instant::now() + lease_interval;
+        // Leases and claims run beside the read loop, so neither waits while the prefetch window
+        // is full, and leases keep being renewed through the drain at shutdown.
+        shared.tracker.spawn(maintain(shared.clone()));
         while !shared.cancel.is_cancelled() {
             if self.conn.is_none() {
                 Stats::add(&stats.reconnects, 1);
@@ -164,18 +165,6 @@ impl Reader {
                     }
                 }
             }
-            let now = Instant::now();
-            if now >= next_lease {
-                self.renew_leases().await;
-                next_lease = now + lease_interval;
-            }
-            if now >= next_claim {
-                if let Err(e) = self.claim_abandoned().await {
-                    Stats::add(&stats.claim_errors, 1);
-                    tracing::warn!(handler = self.group(), error = %e, "claiming abandoned entries failed");
-                }
-                next_claim = Instant::now() + config.claim_interval;
-            }
             let first = tokio::select! {
                 p = shared.window.clone().acquire_owned() => match p {
                     Ok(p) => p,
@@ -184,13 +173,7 @@ impl Reader {
                 () = shared.cancel.cancelled() => break,
             };
             let count = config.batch_size.min(1 + shared.window.available_permits());
-            let until_timer = next_claim
-                .min(next_lease)
-                .saturating_duration_since(Instant::now());
-            let block = config
-                .block_time
-                .min(until_timer)
-                .max(Duration::from_millis(1));
+            let block = config.block_time.max(Duration::from_millis(1));
             let result = match &pending_cursor {
                 Some(cursor) => self.read(cursor.clone(), count, None).await,
                 None => self.read(">".to_owned(), count, Some(block)).await,
@@ -204,12 +187,12 @@ impl Reader {
                             Some(last) => pending_cursor = Some(last.id.clone()),
                             None => pending_cursor = None,
                         }
-                        let (entries, counts) = self.still_ours(entries).await;
-                        self.dispatch(entries, Some(first), |id| {
+                        let (entries, counts) = shared.still_ours(entries).await;
+                        shared.dispatch(entries, Some(first), |id| {
                             counts.get(id).copied().unwrap_or(1)
                         });
                     } else {
-                        self.dispatch(entries, Some(first), |_| 1);
+                        shared.dispatch(entries, Some(first), |_| 1);
                     }
                 }
                 Err(e) => {
@@ -258,69 +241,6 @@ impl Reader {
         tracing::debug!(handler = self.group(), "reader stopped");
     }
 
-    /// Renews the lease of every entry running here: `XCLAIM ... JUSTID` resets its idle time
-    /// without counting a delivery, so a slow but alive handler keeps its entry and no other
-    /// consumer claims it after the visibility timeout.
-    async fn renew_leases(&self) {
-        let ids: Vec<String> = self
-            .shared
-            .inflight
-            .lock()
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        let (Some(min), Some(max)) = (
-            ids.iter().min_by_key(|id| parse_id(id)),
-            ids.iter().max_by_key(|id| parse_id(id)),
-        ) else {
-            return;
-        };
-        let mut conn = self.shared.bus.conn.clone();
-        // Renew only what this consumer still owns: an entry another consumer claimed while
-        // this one was frozen is theirs now.
-        let owned: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
-            .arg(&self.shared.stream)
-            .arg(self.group())
-            .arg(min)
-            .arg(max)
-            .arg(ids.len().max(1) * 4)
-            .arg(&self.shared.consumer)
-            .query_async(&mut conn)
-            .await;
-        let result = match owned {
-            Ok(owned) => {
-                let wanted: HashSet<&String> = ids.iter().collect();
-                let mine: Vec<&String> = owned
-                    .ids
-                    .iter()
-                    .map(|p| &p.id)
-                    .filter(|id| wanted.contains(id))
-                    .collect();
-                if mine.is_empty() {
-                    return;
-                }
-                redis::cmd("XCLAIM")
-                    .arg(&self.shared.stream)
-                    .arg(self.group())
-                    .arg(&self.shared.consumer)
-                    .arg(0)
-                    .arg(&mine)
-                    .arg("JUSTID")
-                    .query_async::<Vec<String>>(&mut conn)
-                    .await
-                    .map(drop)
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            Stats::add(&self.shared.stats.claim_errors, 1);
-            tracing::warn!(
-                handler = self.group(),
-                error = %e,
-                "cannot renew the lease of running entries; a slow handler's entry may be claimed by another consumer"
-            );
-        }
-    }
-
     /// Waits out a retry delay (doubling up to 5 s); false when shutdown came first.
     async fn pause(&self, delay: &mut Duration) -> bool {
         let d = *delay;
@@ -356,7 +276,11 @@ impl Reader {
         cmd.arg("STREAMS").arg(&self.shared.stream).arg(id);
         let read = cmd.query_async::<Value>(conn);
         tokio::pin!(read);
+        if self.shared.cancel.is_cancelled() {
+            return Ok(Vec::new());
+        }
         let reply = tokio::select! {
+            biased;
             r = &mut read => r,
             () = self.shared.cancel.cancelled() => {
                 if let Some(client_id) = client_id {
@@ -372,6 +296,76 @@ impl Reader {
         }?;
         Ok(parse_read_reply(reply))
     }
+}
+
+impl Shared {
+    /// How many entries this reader may hold at once (plus a page of claims): the count for
+    /// XPENDING queries over a range of our own pending entries, so none is cut off.
+    fn window_capacity(&self) -> usize {
+        self.runner.concurrency() + self.bus.config.batch_size * 2
+    }
+
+    /// Renews the lease of every entry running here: `XCLAIM ... JUSTID` resets its idle time
+    /// without counting a delivery, so a slow but alive handler keeps its entry and no other
+    /// consumer claims it after the visibility timeout.
+    async fn renew_leases(&self) {
+        let ids: Vec<String> = self
+            .inflight
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let (Some(min), Some(max)) = (
+            ids.iter().min_by_key(|id| parse_id(id)),
+            ids.iter().max_by_key(|id| parse_id(id)),
+        ) else {
+            return;
+        };
+        let mut conn = self.bus.conn.clone();
+        // Renew only what this consumer still owns: an entry another consumer claimed while
+        // this one was frozen is theirs now.
+        let owned: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(self.handler.name)
+            .arg(min)
+            .arg(max)
+            .arg(ids.len() + self.window_capacity())
+            .arg(&self.consumer)
+            .query_async(&mut conn)
+            .await;
+        let result = match owned {
+            Ok(owned) => {
+                let wanted: HashSet<&String> = ids.iter().collect();
+                let mine: Vec<&String> = owned
+                    .ids
+                    .iter()
+                    .map(|p| &p.id)
+                    .filter(|id| wanted.contains(id))
+                    .collect();
+                if mine.is_empty() {
+                    return;
+                }
+                redis::cmd("XCLAIM")
+                    .arg(&self.stream)
+                    .arg(self.handler.name)
+                    .arg(&self.consumer)
+                    .arg(0)
+                    .arg(&mine)
+                    .arg("JUSTID")
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await
+                    .map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            Stats::add(&self.stats.claim_errors, 1);
+            tracing::warn!(
+                handler = self.handler.name,
+                error = %e,
+                "cannot renew the lease of running entries; a slow handler's entry may be claimed by another consumer"
+            );
+        }
+    }
 
     /// Of entries re-read from our own pending list or just claimed: the ones to run now, with
     /// their delivery counts. An entry still running here is skipped, and so is one that is no
@@ -379,7 +373,6 @@ impl Reader {
     /// is then seen as no longer pending by XPENDING, instead of being started a second time.
     async fn still_ours(&self, entries: Vec<Entry>) -> (Vec<Entry>, HashMap<String, u32>) {
         let running: HashSet<String> = self
-            .shared
             .inflight
             .lock()
             .map(|s| {
@@ -406,14 +399,14 @@ impl Reader {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Some(HashMap::new());
         };
-        let mut conn = self.shared.bus.conn.clone();
+        let mut conn = self.bus.conn.clone();
         let reply: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
-            .arg(&self.shared.stream)
-            .arg(self.group())
+            .arg(&self.stream)
+            .arg(self.handler.name)
             .arg(&first.id)
             .arg(&last.id)
-            .arg(entries.len())
-            .arg(&self.shared.consumer)
+            .arg(entries.len() + self.window_capacity())
+            .arg(&self.consumer)
             .query_async(&mut conn)
             .await;
         match reply {
@@ -425,7 +418,7 @@ impl Reader {
                     .collect(),
             ),
             Err(e) => {
-                tracing::warn!(handler = self.group(), error = %e, "cannot read delivery counts");
+                tracing::warn!(handler = self.handler.name, error = %e, "cannot read delivery counts");
                 None
             }
         }
@@ -433,8 +426,8 @@ impl Reader {
 
     /// Claims entries that other (silent) consumers left pending longer than the visibility
     /// timeout, and drops entries that were deleted or trimmed while pending.
-    async fn claim_abandoned(&self) -> redis::RedisResult<()> {
-        let shared = &self.shared;
+    async fn claim_abandoned(self: &Arc<Self>) -> redis::RedisResult<()> {
+        let shared = self;
         let config = &shared.bus.config;
         let min_idle = u64::try_from(config.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut cursor = "0-0".to_owned();
@@ -445,10 +438,15 @@ impl Reader {
             if page > 0 && shared.window.available_permits() < config.batch_size {
                 break;
             }
+            // Bounded: at most one page of claims beyond the prefetch window is held here.
+            let held = shared.inflight.lock().map(|s| s.len()).unwrap_or(0);
+            if held >= shared.window_capacity() {
+                break;
+            }
             let mut conn = shared.bus.conn.clone();
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            let reply: Value = redis::cmd("XAUTOCLAIM")
                 .arg(&shared.stream)
-                .arg(self.group())
+                .arg(self.handler.name)
                 .arg(&shared.consumer)
                 .arg(min_idle)
                 .arg(&cursor)
@@ -456,16 +454,18 @@ impl Reader {
                 .arg(config.batch_size)
                 .query_async(&mut conn)
                 .await?;
+            // Parsed from raw values (entries by bytes), so one odd entry cannot fail the page.
+            let reply = AutoClaim::parse(reply);
             if !reply.deleted_ids.is_empty() {
                 Stats::add(&shared.stats.lost_entries, reply.deleted_ids.len() as u64);
                 tracing::warn!(
-                    handler = self.group(),
+                    handler = self.handler.name,
                     lost = reply.deleted_ids.len(),
                     "pending entries were deleted or trimmed from the stream before they were handled; they are lost"
                 );
                 let _ = redis::cmd("XACK")
                     .arg(&shared.stream)
-                    .arg(self.group())
+                    .arg(self.handler.name)
                     .arg(&reply.deleted_ids)
                     .query_async::<i64>(&mut conn)
                     .await;
@@ -473,11 +473,11 @@ impl Reader {
             if !reply.claimed.is_empty() {
                 Stats::add(&shared.stats.claimed, reply.claimed.len() as u64);
                 tracing::info!(
-                    handler = self.group(),
+                    handler = self.handler.name,
                     claimed = reply.claimed.len(),
                     "claimed entries of a silent consumer"
                 );
-                let claimed = reply.claimed.into_iter().map(Entry::from).collect();
+                let claimed = reply.claimed;
                 let (claimed, counts) = self.still_ours(claimed).await;
                 self.dispatch(claimed, None, |id| counts.get(id).copied().unwrap_or(1));
             }
@@ -492,14 +492,13 @@ impl Reader {
     /// Spawns a run per entry. Each takes a window permit if one is free (`first` for the first
     /// one; claims may go past the window by a page) and waits its turn for a run slot.
     fn dispatch(
-        &self,
+        self: &Arc<Self>,
         entries: Vec<Entry>,
         mut first: Option<OwnedSemaphorePermit>,
         deliveries: impl Fn(&str) -> u32,
     ) {
         for entry in entries {
             let fresh = self
-                .shared
                 .inflight
                 .lock()
                 .map(|mut s| s.insert(entry.id.clone()))
@@ -509,10 +508,10 @@ impl Reader {
             }
             let window = first
                 .take()
-                .or_else(|| self.shared.window.clone().try_acquire_owned().ok());
+                .or_else(|| self.window.clone().try_acquire_owned().ok());
             let n = deliveries(&entry.id);
-            let shared = self.shared.clone();
-            self.shared.tracker.spawn(async move {
+            let shared = self.clone();
+            self.tracker.spawn(async move {
                 let running = tokio::select! {
                     p = shared.running.clone().acquire_owned() => p.ok(),
                     () = shared.runner.abort.cancelled() => None,
@@ -524,6 +523,43 @@ impl Reader {
                 }
                 drop((running, window));
             });
+        }
+    }
+}
+
+/// Renews the leases of this reader's entries every third of the visibility timeout, and claims
+/// silent consumers' entries every claim interval (until shutdown starts). Runs until shutdown
+/// has begun and nothing is in flight any more, or until the drain is abandoned.
+async fn maintain(shared: Arc<Shared>) {
+    let config = &shared.bus.config;
+    let lease_interval = (config.visibility_timeout / 3).max(Duration::from_millis(10));
+    let mut next_lease = Instant::now() + lease_interval;
+    let mut next_claim = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= next_lease {
+            shared.renew_leases().await;
+            next_lease = Instant::now() + lease_interval;
+        }
+        if now >= next_claim && !shared.cancel.is_cancelled() {
+            if let Err(e) = shared.claim_abandoned().await {
+                Stats::add(&shared.stats.claim_errors, 1);
+                tracing::warn!(handler = shared.handler.name, error = %e, "claiming abandoned entries failed");
+            }
+            next_claim = Instant::now() + config.claim_interval;
+        }
+        let idle = shared.inflight.lock().map(|s| s.is_empty()).unwrap_or(true);
+        if shared.cancel.is_cancelled() && idle {
+            return;
+        }
+        let wake = if shared.cancel.is_cancelled() {
+            next_lease
+        } else {
+            next_lease.min(next_claim)
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.min(Instant::now() + Duration::from_millis(100))) => {}
+            () = shared.runner.abort.cancelled() => return,
         }
     }
 }
@@ -587,6 +623,7 @@ async fn ack_loop(
     stream: String,
     group: &'static str,
     inflight: Arc<Mutex<HashSet<String>>>,
+    abort: CancellationToken,
 ) {
     const MAX_BATCH: usize = 1000;
     let mut batch = Vec::with_capacity(64);
@@ -598,24 +635,30 @@ async fn ack_loop(
                 Err(_) => break,
             }
         }
+        // XACK is idempotent: retry until it lands (the entries stay in the in-flight set, so
+        // nothing re-runs them meanwhile), or until shutdown gives up on the drain.
         let mut delay = Duration::from_millis(50);
-        for attempt in 1..=4 {
+        let mut attempt = 0u32;
+        loop {
             let r = redis::cmd("XACK")
                 .arg(&stream)
                 .arg(group)
                 .arg(&batch)
                 .query_async::<i64>(&mut conn)
                 .await;
-            match r {
-                Ok(_) => break,
-                Err(e) if attempt == 4 => {
-                    tracing::warn!(handler = group, error = %e, entries = batch.len(), "cannot ack; these events will be delivered again");
-                }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+            let Err(e) = r else { break };
+            attempt += 1;
+            if attempt == 4 {
+                tracing::warn!(handler = group, error = %e, entries = batch.len(), "cannot ack yet; retrying until Redis answers");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = abort.cancelled() => {
+                    tracing::warn!(handler = group, entries = batch.len(), "shutdown before these acks landed; the events will be delivered again");
+                    break;
                 }
             }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
         if let Ok(mut s) = inflight.lock() {
             for id in &batch {
@@ -701,14 +744,37 @@ impl Entry {
     }
 }
 
-impl From<redis::streams::StreamId> for Entry {
-    fn from(e: redis::streams::StreamId) -> Entry {
-        let fields = e
-            .map
+/// An XAUTOCLAIM reply: `[next id, [entry, ...], [deleted id, ...]]` (Redis 7).
+struct AutoClaim {
+    next_stream_id: String,
+    claimed: Vec<Entry>,
+    deleted_ids: Vec<String>,
+}
+
+impl AutoClaim {
+    fn parse(reply: Value) -> AutoClaim {
+        let mut parts = match reply {
+            Value::Array(parts) => parts.into_iter(),
+            _ => Vec::new().into_iter(),
+        };
+        let next_stream_id = parts.next().and_then(into_string).unwrap_or_default();
+        let list = |v: Option<Value>| match v {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        let claimed = list(parts.next())
             .into_iter()
-            .filter_map(|(k, v)| Some((k.into_bytes(), into_bytes(v)?)))
+            .filter_map(Entry::from_value)
             .collect();
-        Entry { id: e.id, fields }
+        let deleted_ids = list(parts.next())
+            .into_iter()
+            .filter_map(into_string)
+            .collect();
+        AutoClaim {
+            next_stream_id,
+            claimed,
+            deleted_ids,
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Health {
-    /// One entry per durable handler, sorted by handler name.
+    /// One entry per handler (durable and broadcast), sorted by handler name.
     pub readers: Vec<ReaderHealth>,
 }
 

@@ -179,6 +179,7 @@ impl Runner {
             }
             .instrument(span.clone());
             let result = tokio::select! {
+                biased;
                 r = run => r,
                 () = self.abort.cancelled() => return Outcome::Abandoned,
             };
