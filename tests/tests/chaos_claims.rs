@@ -275,6 +275,65 @@ async fn slow_but_alive_handler_keeps_its_lease_and_runs_once() {
     assert_eq!(dead, 0, "no dead letter");
 }
 
+/// Leases are renewed even while a reader's prefetch window is full: with concurrency 1 and
+/// batch size 1, each bus holds one running and one queued entry, and the queued one waits longer
+/// than the visibility timeout for its turn. Neither bus claims the other's entries, and every
+/// job runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_while_the_prefetch_window_is_full() {
+    init_tracing();
+    let server = RedisServer::start();
+    let ns = namespace("full-window");
+    let seen = Seen::default();
+    let bus = publisher(&server, &ns).await;
+    let jobs = 4u64;
+    for n in 0..jobs {
+        bus.publish(&SlowJob { n, millis: 1_500 })
+            .await
+            .expect("publish");
+    }
+    let mut running = Vec::new();
+    for consumer in ["window-a", "window-b"] {
+        let bus = Bus::builder()
+            .redis_url(server.url())
+            .namespace(&ns)
+            .consumer(consumer)
+            .handlers([SLOW])
+            .concurrency(1)
+            .batch_size(1)
+            .visibility_timeout(Duration::from_secs(1))
+            .claim_interval(Duration::from_millis(200))
+            .block_time(Duration::from_millis(200))
+            .state(seen.for_consumer(consumer))
+            .build()
+            .await
+            .expect("build");
+        running.push(bus.start().await.expect("start"));
+    }
+    wait_until(Duration::from_secs(20), "every job ran", || {
+        let seen = seen.clone();
+        async move { seen.runs().len() >= jobs as usize }
+    })
+    .await;
+    let claimed: u64 = running
+        .iter()
+        .map(|r| total(&[r.health()], |h| h.claimed))
+        .sum();
+    for r in running {
+        r.shutdown().await.expect("shutdown");
+    }
+    let counts = seen.counts();
+    println!("full window: runs per job {counts:?}, claimed {claimed}");
+    assert_eq!(
+        counts,
+        (0..jobs).map(|n| (n, 1)).collect(),
+        "every job ran once: {:?}",
+        seen.runs()
+    );
+    assert_eq!(seen.started().len(), jobs as usize, "no second start");
+    assert_eq!(claimed, 0, "no entry was claimed from a live consumer");
+}
+
 /// A consumer frozen mid-handler (SIGSTOP: it cannot renew its lease) loses the entry to another
 /// consumer after the visibility timeout; the entry runs twice (the documented duplicate) and the
 /// frozen consumer's late ack, after SIGCONT, loses nothing.
