@@ -51,6 +51,26 @@ impl<'c, T> Attr<'c, T> {
     }
 }
 
+/// Reads `crate = "path"` (both macros) into `krate`.
+pub(crate) fn parse_crate(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    krate: &mut Attr<'_, syn::Path>,
+) -> syn::Result<()> {
+    let lit: syn::LitStr = meta.value()?.parse()?;
+    match lit.parse::<syn::Path>() {
+        Ok(path) => krate.set(&meta.path, path),
+        Err(_) => cx.error_spanned_by(
+            &lit,
+            format_args!(
+                "`crate` must be a path such as `\"::eventbus\"`, got {:?}",
+                lit.value()
+            ),
+        ),
+    }
+    Ok(())
+}
+
 /// Builds the error for a key that neither macro knows.
 pub(crate) fn unknown(meta: &ParseNestedMeta<'_>, kind: &str, expected: &[Symbol]) -> syn::Error {
     let path = meta.path.to_token_stream().to_string().replace(' ', "");

@@ -5,7 +5,7 @@ use syn::ext::IdentExt;
 use syn::{LitInt, LitStr};
 
 use super::case::to_snake_case;
-use crate::attr::{Attr, unknown};
+use crate::attr::{Attr, parse_crate, unknown};
 use crate::ctxt::Ctxt;
 use crate::symbol::{BROADCAST, CRATE, DELIVERY, DURABLE, EVENT, NAME, Symbol, VERSION};
 
@@ -71,17 +71,7 @@ impl Container {
                     }
                     delivery.set(&meta.path, meta.path == BROADCAST);
                 } else if meta.path == CRATE {
-                    let lit: LitStr = meta.value()?.parse()?;
-                    match lit.parse::<syn::Path>() {
-                        Ok(path) => krate.set(&meta.path, path),
-                        Err(_) => cx.error_spanned_by(
-                            &lit,
-                            format_args!(
-                                "`crate` must be a path such as `\"::eventbus\"`, got {:?}",
-                                lit.value()
-                            ),
-                        ),
-                    }
+                    parse_crate(cx, &meta, &mut krate)?;
                 } else {
                     return Err(unknown(&meta, KIND, KEYS));
                 }

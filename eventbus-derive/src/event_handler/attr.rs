@@ -6,7 +6,7 @@ use std::time::Duration;
 use syn::meta::ParseNestedMeta;
 use syn::{LitInt, LitStr};
 
-use crate::attr::{Attr, unknown};
+use crate::attr::{Attr, parse_crate, unknown};
 use crate::ctxt::Ctxt;
 use crate::symbol::{BACKOFF, CONCURRENCY, CRATE, MAX_BACKOFF, NAME, RETRIES, Symbol};
 
@@ -111,17 +111,7 @@ impl<'c> Args<'c> {
                 Err(msg) => cx.error_spanned_by(&lit, format_args!("invalid `{key}`: {msg}")),
             }
         } else if meta.path == CRATE {
-            let lit: LitStr = meta.value()?.parse()?;
-            match lit.parse::<syn::Path>() {
-                Ok(path) => self.krate.set(&meta.path, path),
-                Err(_) => cx.error_spanned_by(
-                    &lit,
-                    format_args!(
-                        "`crate` must be a path such as `\"::eventbus\"`, got {:?}",
-                        lit.value()
-                    ),
-                ),
-            }
+            parse_crate(cx, &meta, &mut self.krate)?;
         } else {
             return Err(unknown(&meta, KIND, KEYS));
         }
