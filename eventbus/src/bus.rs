@@ -69,12 +69,12 @@ impl Publisher {
     fn command<E: DomainEvent>(
         &self,
         key: &str,
+        id: &EventId,
         event: &E,
         meta: &Meta,
-    ) -> Result<(EventId, redis::Cmd)> {
-        let id = EventId::new();
+    ) -> Result<redis::Cmd> {
         let json =
-            envelope::encode(&id, &self.source, meta, event).map_err(|source| Error::Encode {
+            envelope::encode(id, &self.source, meta, event).map_err(|source| Error::Encode {
                 event: E::NAME,
                 source,
             })?;
@@ -101,7 +101,7 @@ impl Publisher {
                 cmd
             }
         };
-        Ok((id, cmd))
+        Ok(cmd)
     }
 
     /// The stream (durable) or channel (broadcast) of an event type.
@@ -119,10 +119,26 @@ impl Publisher {
         }
     }
 
+    /// One event through the coalescer. A retry after a transient error encodes the event again
+    /// with the same id (so the happy path never copies the command).
     pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
-        let (id, cmd) = self.command(&self.key::<E>(), event, meta)?;
-        self.send::<E>(Request::Cmd(&cmd)).await?;
-        Ok(id)
+        let key = self.key::<E>();
+        let id = EventId::new();
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            let cmd = self.command(&key, &id, event, meta)?;
+            match self.coalescer.query(cmd).await {
+                Ok(_) => return Ok(id),
+                Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
+                    tracing::debug!(event_name = E::NAME, error = %e, attempt, "publish failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::redis_key(Self::command_name::<E>(), &key)(e)),
+            }
+        }
     }
 
     pub(crate) async fn publish_batch<E: DomainEvent>(
@@ -134,52 +150,32 @@ impl Publisher {
         let mut pipe = redis::pipe();
         let key = self.key::<E>();
         for event in events {
-            let (id, cmd) = self.command(&key, event, meta)?;
-            pipe.add_command(cmd).ignore();
+            let id = EventId::new();
+            pipe.add_command(self.command(&key, &id, event, meta)?)
+                .ignore();
             ids.push(id);
         }
-        if !ids.is_empty() {
-            self.send::<E>(Request::Pipe(&pipe)).await?;
+        if ids.is_empty() {
+            return Ok(ids);
         }
-        Ok(ids)
-    }
-
-    /// Sends with retries: transient connection errors are retried with the same envelopes
-    /// (same ids), so a retry after a lost reply may store an event twice, both copies carrying
-    /// one id.
-    async fn send<E: DomainEvent>(&self, request: Request<'_>) -> Result<()> {
+        // Transient connection errors resend the same pipeline (same ids), so a retry after a
+        // lost reply may store an event twice, both copies carrying one id.
         let mut conn = self.conn.clone();
         let mut delay = Duration::from_millis(50);
         let mut attempt = 1;
         loop {
-            let result = match request {
-                Request::Cmd(cmd) => self.coalescer.query(cmd.clone()).await,
-                Request::Pipe(pipe) => pipe.query_async::<redis::Value>(&mut conn).await,
-            };
-            match result {
-                Ok(_) => return Ok(()),
+            match pipe.query_async::<redis::Value>(&mut conn).await {
+                Ok(_) => return Ok(ids),
                 Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
                     tracing::debug!(event_name = E::NAME, error = %e, attempt, "publish failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                     attempt += 1;
                 }
-                Err(e) => {
-                    return Err(Error::redis_key(
-                        Self::command_name::<E>(),
-                        &self.key::<E>(),
-                    )(e));
-                }
+                Err(e) => return Err(Error::redis_key(Self::command_name::<E>(), &key)(e)),
             }
         }
     }
-}
-
-/// One command or a pipeline of them.
-#[derive(Clone, Copy)]
-enum Request<'a> {
-    Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
 }
 
 impl Bus {

@@ -91,15 +91,17 @@ async fn write(mut rx: mpsc::UnboundedReceiver<Job>, mut conn: ConnectionManager
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for job in &jobs {
-            pipe.add_command(job.cmd.clone());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            pipe.add_command(job.cmd);
+            replies.push(job.reply);
         }
         // With ignore_errors each command gets its own result: one command's server error
         // (NOPERM, OOM) does not fail the others.
         match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
-            Ok(results) if results.len() == jobs.len() => {
-                for (job, result) in jobs.drain(..).zip(results) {
-                    let _ = job.reply.send(result);
+            Ok(results) if results.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
                 }
             }
             Ok(_) => {
@@ -107,13 +109,13 @@ async fn write(mut rx: mpsc::UnboundedReceiver<Job>, mut conn: ConnectionManager
                     redis::ErrorKind::Client,
                     "pipeline reply count does not match the commands sent",
                 ));
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
             Err(e) => {
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(e.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
