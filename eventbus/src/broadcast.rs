@@ -194,6 +194,9 @@ impl Subscriber {
 
     async fn run(&mut self) {
         let mut retry_delay = Duration::from_millis(100);
+        // When the connection drops soon after a resubscribe, the next attempt waits (with
+        // backoff): a server that keeps closing it must not see a tight reconnect loop.
+        let mut subscribed_at = tokio::time::Instant::now();
         let ping_every = self.bus.config.block_time.max(Duration::from_millis(100));
         let mut ping = tokio::time::interval(ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,6 +207,14 @@ impl Subscriber {
             }
             let Some(stream) = self.stream.as_mut() else {
                 // Disconnected: resubscribe with backoff. Events published meanwhile are lost.
+                if subscribed_at.elapsed() < Duration::from_secs(1) {
+                    let d = retry_delay;
+                    retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        () = cancel.cancelled() => break,
+                    }
+                }
                 for s in &self.conn_stats {
                     Stats::add(&s.reconnects, 1);
                 }
@@ -220,7 +231,7 @@ impl Subscriber {
                         for s in &self.conn_stats {
                             s.set_error(None);
                         }
-                        retry_delay = Duration::from_millis(100);
+                        subscribed_at = tokio::time::Instant::now();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "broadcast subscriber cannot reconnect; retrying");
@@ -238,6 +249,7 @@ impl Subscriber {
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(msg) => {
+                        retry_delay = Duration::from_millis(100); // the connection works
                         let Some(lanes) = self.routes.get(msg.get_channel_name()) else { continue };
                         for lane in lanes {
                             if !lane.queue.push(msg.get_payload_bytes().to_vec()) {
@@ -265,7 +277,7 @@ impl Subscriber {
                             () = cancel.cancelled() => break,
                         };
                         match reply {
-                            Ok(Ok(_)) => {}
+                            Ok(Ok(_)) => retry_delay = Duration::from_millis(100),
                             Ok(Err(e)) => self.disconnected(&e.to_string()),
                             Err(_) => self.disconnected("ping timed out"),
                         }
