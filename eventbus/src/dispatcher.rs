@@ -43,6 +43,8 @@ struct Shared {
     cancel: CancellationToken,
     tracker: TaskTracker,
     stats: Arc<Stats>,
+    /// Set when the read loop has ended: no read can add entries to our pending list any more.
+    reader_done: std::sync::atomic::AtomicBool,
 }
 
 /// The reader of one durable handler.
@@ -84,6 +86,7 @@ impl Reader {
             bus,
             cancel,
             tracker,
+            reader_done: std::sync::atomic::AtomicBool::new(false),
         };
         Reader {
             shared: Arc::new(shared),
@@ -238,6 +241,9 @@ impl Reader {
         stats
             .connected
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .reader_done
+            .store(true, std::sync::atomic::Ordering::Release);
         tracing::debug!(handler = self.group(), "reader stopped");
     }
 
@@ -299,6 +305,35 @@ impl Reader {
 }
 
 impl Shared {
+    /// After a clean drain: removes this consumer from the group when it holds nothing pending,
+    /// so per-process consumer names do not pile up in the group. A consumer that still has
+    /// pending entries (an ack that did not land) stays, so they can be claimed.
+    async fn leave_group(&self) {
+        let mut conn = self.bus.conn.clone();
+        let pending: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(self.handler.name)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .arg(&self.consumer)
+            .query_async(&mut conn)
+            .await;
+        if !matches!(pending, Ok(ref p) if p.ids.is_empty()) {
+            return;
+        }
+        let r = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(&self.stream)
+            .arg(self.handler.name)
+            .arg(&self.consumer)
+            .query_async::<i64>(&mut conn)
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(handler = self.handler.name, error = %e, "cannot remove the consumer from its group");
+        }
+    }
+
     /// How many entries this reader may hold at once (plus a page of claims): the count for
     /// XPENDING queries over a range of our own pending entries, so none is cut off.
     fn window_capacity(&self) -> usize {
@@ -549,7 +584,11 @@ async fn maintain(shared: Arc<Shared>) {
             next_claim = Instant::now() + config.claim_interval;
         }
         let idle = shared.inflight.lock().map(|s| s.is_empty()).unwrap_or(true);
-        if shared.cancel.is_cancelled() && idle {
+        let reader_done = shared
+            .reader_done
+            .load(std::sync::atomic::Ordering::Acquire);
+        if shared.cancel.is_cancelled() && idle && reader_done {
+            shared.leave_group().await;
             return;
         }
         let wake = if shared.cancel.is_cancelled() {

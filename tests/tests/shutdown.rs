@@ -125,6 +125,12 @@ async fn shutdown_drains_what_it_can_and_the_next_consumer_handles_the_rest() {
         3,
         "finished runs were acked; the abandoned stuck runs stay pending"
     );
+    assert!(
+        consumers(&mut conn, &stream)
+            .await
+            .contains(&"first".to_owned()),
+        "a consumer that leaves pending entries stays in the group, so they can be claimed"
+    );
 
     let second = Worker {
         stall: false,
@@ -160,6 +166,11 @@ async fn shutdown_drains_what_it_can_and_the_next_consumer_handles_the_rest() {
     })
     .await;
     running2.shutdown().await.expect("shutdown second bus");
+    let left = consumers(&mut conn, &stream).await;
+    assert!(
+        !left.contains(&"second".to_owned()),
+        "a consumer that drained cleanly leaves the group: {left:?}"
+    );
 
     let finished2 = second.finished();
     let mut sorted = finished2.clone();
@@ -175,6 +186,18 @@ async fn shutdown_drains_what_it_can_and_the_next_consumer_handles_the_rest() {
         bus2.dlq().list(10).await.expect("list").is_empty(),
         "no dead letters"
     );
+}
+
+/// The consumer names of the `shutdown.worker` group.
+async fn consumers(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg("shutdown.worker")
+        .query_async(conn)
+        .await
+        .expect("XINFO CONSUMERS");
+    reply.consumers.into_iter().map(|c| c.name).collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
