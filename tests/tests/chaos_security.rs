@@ -206,7 +206,8 @@ async fn the_eviction_check_is_skipped_when_config_is_denied() {
 /// The ACL rules a service needs besides its key pattern `~<namespace>:*`, found by running a
 /// whole service under them and taking each one away in turn (each is needed by some step of
 /// `a_namespace_limited_acl_user_runs_a_whole_service`). `+client|id +client|unblock` (to cut
-/// a blocked read short at shutdown) and `+config|get` (the eviction check) are optional: without
+/// a blocked read short at shutdown), `+config|get` (the eviction check) and
+/// `+xgroup|delconsumer` (leaving the group after a clean drain) are optional: without
 /// them the service runs, Redis logs the denials. `+@stream` is a simpler superset of the
 /// stream commands.
 const SERVICE_RULES: &[&str] = &[
@@ -230,6 +231,7 @@ const SERVICE_RULES: &[&str] = &[
     "+client|id",
     "+client|unblock",
     "+config|get",
+    "+xgroup|delconsumer",
 ];
 
 async fn service_user(admin: &mut MultiplexedConnection, user: &str, ns: &str) {
