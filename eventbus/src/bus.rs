@@ -64,8 +64,12 @@ pub(crate) struct Publisher {
     max_payload: usize,
 }
 
+/// Room reserved for one envelope in a new command; larger ones grow the buffer.
+const ENVELOPE_SIZE_HINT: usize = 512;
+
 impl Publisher {
     /// Encodes one event and builds its command: `XADD` (durable) or `PUBLISH` (broadcast).
+    /// The envelope is serialized straight into the command's buffer.
     fn command<E: DomainEvent>(
         &self,
         key: &str,
@@ -73,34 +77,38 @@ impl Publisher {
         event: &E,
         meta: &Meta,
     ) -> Result<redis::Cmd> {
-        let json =
-            envelope::encode(id, &self.source, meta, event).map_err(|source| Error::Encode {
-                event: E::NAME,
-                source,
-            })?;
-        if json.len() > self.max_payload {
-            return Err(Error::PayloadTooLarge {
-                event: E::NAME,
-                size: json.len(),
-                max: self.max_payload,
-            });
-        }
-        let cmd = match E::DELIVERY {
+        use redis::RedisWrite;
+        let mut cmd = redis::Cmd::with_capacity(8, 128 + key.len() + ENVELOPE_SIZE_HINT);
+        match E::DELIVERY {
             Delivery::Durable => {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(key);
+                cmd.arg("XADD").arg(key);
                 if let Some(n) = self.max_len {
                     cmd.arg("MAXLEN").arg("~").arg(n);
                 }
-                cmd.arg("*").arg(envelope::FIELD_ENVELOPE).arg(json);
-                cmd
+                cmd.arg("*").arg(envelope::FIELD_ENVELOPE);
             }
             Delivery::Broadcast => {
-                let mut cmd = redis::cmd("PUBLISH");
-                cmd.arg(key).arg(json);
-                cmd
+                cmd.arg("PUBLISH").arg(key);
             }
-        };
+        }
+        let size = envelope::encode_into(
+            &mut cmd.writer_for_next_arg(),
+            id,
+            &self.source,
+            meta,
+            event,
+        )
+        .map_err(|source| Error::Encode {
+            event: E::NAME,
+            source,
+        })?;
+        if size > self.max_payload {
+            return Err(Error::PayloadTooLarge {
+                event: E::NAME,
+                size,
+                max: self.max_payload,
+            });
+        }
         Ok(cmd)
     }
 
@@ -147,12 +155,13 @@ impl Publisher {
         meta: &Meta,
     ) -> Result<Vec<EventId>> {
         let mut ids = Vec::with_capacity(events.len());
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(events.len());
         let key = self.key::<E>();
         for event in events {
             let id = EventId::new();
-            pipe.add_command(self.command(&key, &id, event, meta)?)
-                .ignore();
+            // Not `.ignore()`d: that costs a hash insert per command, and the replies are
+            // dropped below all the same.
+            pipe.add_command(self.command(&key, &id, event, meta)?);
             ids.push(id);
         }
         if ids.is_empty() {

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -119,31 +120,57 @@ pub(crate) struct Meta {
     pub(crate) causation_id: Option<EventId>,
 }
 
-#[derive(Serialize)]
-struct Outgoing<'a, E> {
-    specversion: &'static str,
-    id: &'a EventId,
-    #[serde(rename = "type")]
-    ty: &'a str,
-    source: &'a str,
-    #[serde(serialize_with = "display")]
-    time: humantime::Rfc3339Timestamp,
-    datacontenttype: &'static str,
-    schemaversion: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    correlationid: Option<&'a EventId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    causationid: Option<&'a EventId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    traceparent: Option<String>,
-    data: &'a E,
+/// Encodes one event's envelope as compact JSON into `out` and returns the bytes written.
+///
+/// The attributes are written by hand (their keys are fixed and their values rarely need
+/// escaping); only `data` goes through serde. The output is the JSON that serializing the
+/// attributes with serde_json would give, in the same order (pinned by a test). Writing
+/// straight into the command's buffer saves the copy of every envelope.
+pub(crate) fn encode_into<E: crate::DomainEvent>(
+    out: &mut impl io::Write,
+    id: &EventId,
+    source: &str,
+    meta: &Meta,
+    event: &E,
+) -> Result<usize, serde_json::Error> {
+    let mut out = Counting { inner: out, n: 0 };
+    let w = &mut out;
+    raw(w, b"{\"specversion\":\"")?;
+    raw(w, SPEC_VERSION.as_bytes())?;
+    raw(w, b"\",\"id\":")?;
+    string(w, id.as_str())?;
+    raw(w, b",\"type\":")?;
+    string(w, E::NAME)?;
+    raw(w, b",\"source\":")?;
+    string(w, source)?;
+    raw(w, b",\"time\":")?;
+    let now = SystemTime::now();
+    let mut time = [0u8; RFC3339_MICROS_LEN + 2];
+    match rfc3339_micros(now, &mut time) {
+        Some(t) => raw(w, t)?,
+        None => string(w, &humantime::format_rfc3339_micros(now).to_string())?,
+    }
+    raw(
+        w,
+        b",\"datacontenttype\":\"application/json\",\"schemaversion\":",
+    )?;
+    raw(w, itoa::Buffer::new().format(E::VERSION).as_bytes())?;
+    if let Some(c) = &meta.correlation_id {
+        raw(w, b",\"correlationid\":")?;
+        string(w, c.as_str())?;
+    }
+    if let Some(c) = &meta.causation_id {
+        raw(w, b",\"causationid\":")?;
+        string(w, c.as_str())?;
+    }
+    raw(w, b",\"data\":")?;
+    serde_json::to_writer(&mut *w, event)?;
+    raw(w, b"}")?;
+    Ok(out.n)
 }
 
-fn display<S: serde::Serializer, T: fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
-}
-
-/// Encodes one event as its JSON envelope, in one buffer sized for a typical envelope.
+/// Encodes one event as its JSON envelope into a new buffer (see [`encode_into`]).
+#[cfg(test)]
 pub(crate) fn encode<E: crate::DomainEvent>(
     id: &EventId,
     source: &str,
@@ -151,23 +178,98 @@ pub(crate) fn encode<E: crate::DomainEvent>(
     event: &E,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let mut buf = Vec::with_capacity(512);
-    serde_json::to_writer(
-        &mut buf,
-        &Outgoing {
-            specversion: SPEC_VERSION,
-            id,
-            ty: E::NAME,
-            source,
-            time: humantime::format_rfc3339_micros(SystemTime::now()),
-            datacontenttype: "application/json",
-            schemaversion: E::VERSION,
-            correlationid: meta.correlation_id.as_ref(),
-            causationid: meta.causation_id.as_ref(),
-            traceparent: None,
-            data: event,
-        },
-    )?;
+    encode_into(&mut buf, id, source, meta, event)?;
     Ok(buf)
+}
+
+/// A writer that counts what passes through it (the payload size check needs the length).
+struct Counting<'a, W: io::Write> {
+    inner: &'a mut W,
+    n: usize,
+}
+
+impl<W: io::Write> io::Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n;
+        Ok(n)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)?;
+        self.n += buf.len();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn raw(w: &mut impl io::Write, bytes: &[u8]) -> Result<(), serde_json::Error> {
+    w.write_all(bytes).map_err(serde_json::Error::io)
+}
+
+/// A JSON string: copied as it is when nothing in it needs escaping (ids, names), else escaped
+/// by serde_json.
+fn string(w: &mut impl io::Write, s: &str) -> Result<(), serde_json::Error> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        raw(w, b"\"")?;
+        raw(w, s.as_bytes())?;
+        raw(w, b"\"")
+    } else {
+        serde_json::to_writer(w, s)
+    }
+}
+
+/// The length of `2026-11-23T08:17:33.945736Z`.
+const RFC3339_MICROS_LEN: usize = 27;
+
+/// Writes `time` as a quoted RFC 3339 UTC timestamp with microseconds, as
+/// `humantime::format_rfc3339_micros` does, without going through `fmt`. `None` for times
+/// before 1970 or after 9999, which the caller formats the slow way.
+fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN + 2]) -> Option<&[u8]> {
+    let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let secs = since.as_secs();
+    if secs > 253_402_300_799 {
+        return None;
+    }
+    let micros = since.subsec_micros();
+    let days = secs / 86_400;
+    let sod = secs % 86_400;
+    // Days to civil date (Howard Hinnant's algorithm), for days since 1970-01-01 ≥ 0.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    fn digits(out: &mut [u8], mut v: u64) {
+        for b in out.iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    buf[0] = b'"';
+    digits(&mut buf[1..5], year);
+    buf[5] = b'-';
+    digits(&mut buf[6..8], month);
+    buf[8] = b'-';
+    digits(&mut buf[9..11], day);
+    buf[11] = b'T';
+    digits(&mut buf[12..14], sod / 3_600);
+    buf[14] = b':';
+    digits(&mut buf[15..17], sod / 60 % 60);
+    buf[17] = b':';
+    digits(&mut buf[18..20], sod % 60);
+    buf[20] = b'.';
+    digits(&mut buf[21..27], u64::from(micros));
+    buf[27] = b'Z';
+    buf[28] = b'"';
+    Some(&buf[..])
 }
 
 #[derive(Deserialize)]
@@ -320,6 +422,7 @@ fn parse_version(v: &serde_json::Value) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DomainEvent;
 
     #[test]
     fn accepts_a_minimal_cloudevent() {
@@ -367,6 +470,99 @@ mod tests {
         }
     }
 
+    #[derive(Serialize, serde::Deserialize)]
+    struct Sample {
+        n: u64,
+        text: String,
+    }
+
+    impl DomainEvent for Sample {
+        const NAME: &'static str = "sample.event";
+        const VERSION: u32 = 7;
+    }
+
+    /// What serializing the attributes with serde gives: the reference for the hand-written head.
+    #[derive(Serialize)]
+    struct Reference<'a> {
+        specversion: &'static str,
+        id: &'a str,
+        #[serde(rename = "type")]
+        ty: &'a str,
+        source: &'a str,
+        time: &'a str,
+        datacontenttype: &'static str,
+        schemaversion: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        correlationid: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        causationid: Option<&'a str>,
+        data: &'a Sample,
+    }
+
+    fn reference(id: &str, source: &str, time: &str, meta: &Meta, data: &Sample) -> String {
+        serde_json::to_string(&Reference {
+            specversion: SPEC_VERSION,
+            id,
+            ty: Sample::NAME,
+            source,
+            time,
+            datacontenttype: "application/json",
+            schemaversion: Sample::VERSION,
+            correlationid: meta.correlation_id.as_ref().map(EventId::as_str),
+            causationid: meta.causation_id.as_ref().map(EventId::as_str),
+            data,
+        })
+        .expect("reference encodes")
+    }
+
+    /// The hand-written encoder writes exactly serde's JSON, escapes included.
+    fn check_encoding(id: &str, source: &str, meta: &Meta, text: &str) {
+        let data = Sample {
+            n: 42,
+            text: text.to_owned(),
+        };
+        let bytes = encode(&EventId::from(id), source, meta, &data).expect("encodes");
+        let json = String::from_utf8(bytes).expect("utf-8");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        let time = value["time"].as_str().expect("time is a string");
+        humantime::parse_rfc3339(time).expect("time is RFC 3339");
+        assert_eq!(json, reference(id, source, time, meta, &data));
+        let decoded = decode(&json).expect("decodes");
+        assert_eq!(decoded.id, id);
+        assert_eq!(decoded.version, 7);
+    }
+
+    #[test]
+    fn encoding_matches_serde_including_escapes() {
+        let meta = Meta {
+            correlation_id: Some(EventId::from("corr-1")),
+            causation_id: Some(EventId::from("cause \"2\"")),
+        };
+        check_encoding(EventId::new().as_str(), "svc", &Meta::default(), "plain");
+        check_encoding(
+            "a\"b\\c\n\u{1}é✓",
+            "src \"quoted\"\t",
+            &meta,
+            "x\"y\\z\u{7f}",
+        );
+    }
+
+    #[test]
+    fn fast_timestamps_match_humantime() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let mut buf = [0u8; RFC3339_MICROS_LEN + 2];
+        for secs in [0, 951_782_400, 4_107_542_399, 253_402_300_799] {
+            let t = UNIX_EPOCH + Duration::new(secs, 999_999_999);
+            let fast = rfc3339_micros(t, &mut buf).expect("in range");
+            let slow = format!("\"{}\"", humantime::format_rfc3339_micros(t));
+            assert_eq!(std::str::from_utf8(fast).expect("ascii"), slow);
+        }
+        let too_late = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert!(rfc3339_micros(too_late, &mut buf).is_none());
+        let too_early = UNIX_EPOCH - Duration::from_secs(1);
+        assert!(rfc3339_micros(too_early, &mut buf).is_none());
+    }
+
     #[test]
     fn deep_nesting_is_rejected_not_a_stack_overflow() {
         let raw = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -384,6 +580,22 @@ mod tests {
             #[test]
             fn any_text(raw in ".{0,300}") {
                 let _ = decode(&raw);
+            }
+
+            /// The fast timestamp writer agrees with humantime on every instant it handles.
+            #[test]
+            fn timestamps(secs in 0u64..=253_402_300_799, nanos in 0u32..1_000_000_000) {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+                let mut buf = [0u8; super::super::RFC3339_MICROS_LEN + 2];
+                let fast = super::super::rfc3339_micros(t, &mut buf).map(|b| b.to_vec());
+                let slow = format!("\"{}\"", humantime::format_rfc3339_micros(t));
+                prop_assert_eq!(fast, Some(slow.into_bytes()));
+            }
+
+            /// Any id, source and payload text encodes to exactly serde's JSON.
+            #[test]
+            fn encoding(id in ".{1,20}", source in ".{1,20}", text in ".{0,40}") {
+                super::check_encoding(&id, &source, &super::super::Meta::default(), &text);
             }
 
             /// Arbitrary JSON values never panic the decoder.
