@@ -1,7 +1,7 @@
 //! [`Bus`]: publish events and run handlers; [`RunningBus`]: the handle for shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
@@ -69,15 +69,14 @@ const ENVELOPE_SIZE_HINT: usize = 512;
 
 impl Publisher {
     /// Encodes one event and builds its command: `XADD` (durable) or `PUBLISH` (broadcast).
-    /// The envelope is serialized straight into the command's buffer.
     fn command<E: DomainEvent>(
         &self,
         key: &str,
         id: &EventId,
+        time: SystemTime,
         event: &E,
         meta: &Meta,
     ) -> Result<redis::Cmd> {
-        use redis::RedisWrite;
         let mut cmd = redis::Cmd::with_capacity(8, 128 + key.len() + ENVELOPE_SIZE_HINT);
         match E::DELIVERY {
             Delivery::Durable => {
@@ -91,13 +90,12 @@ impl Publisher {
                 cmd.arg("PUBLISH").arg(key);
             }
         }
-        let size = envelope::encode_into(
-            &mut cmd.writer_for_next_arg(),
-            id,
-            &self.source,
-            meta,
-            event,
-        )
+        let size = envelope::with_encoded(id, time, &self.source, meta, event, |json| {
+            if json.len() <= self.max_payload {
+                cmd.arg(json);
+            }
+            json.len()
+        })
         .map_err(|source| Error::Encode {
             event: E::NAME,
             source,
@@ -131,11 +129,12 @@ impl Publisher {
     /// with the same id (so the happy path never copies the command).
     pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
         let key = self.key::<E>();
-        let id = EventId::new();
+        let time = SystemTime::now();
+        let id = EventId::at(time);
         let mut delay = Duration::from_millis(50);
         let mut attempt = 1;
         loop {
-            let cmd = self.command(&key, &id, event, meta)?;
+            let cmd = self.command(&key, &id, time, event, meta)?;
             match self.coalescer.query(cmd).await {
                 Ok(_) => return Ok(id),
                 Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
@@ -158,10 +157,11 @@ impl Publisher {
         let mut pipe = redis::Pipeline::with_capacity(events.len());
         let key = self.key::<E>();
         for event in events {
-            let id = EventId::new();
+            let time = SystemTime::now();
+            let id = EventId::at(time);
             // Not `.ignore()`d: that costs a hash insert per command, and the replies are
             // dropped below all the same.
-            pipe.add_command(self.command(&key, &id, event, meta)?);
+            pipe.add_command(self.command(&key, &id, time, event, meta)?);
             ids.push(id);
         }
         if ids.is_empty() {
