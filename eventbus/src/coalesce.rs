@@ -70,53 +70,84 @@ fn closed() -> redis::RedisError {
     ))
 }
 
+/// Pipelines sent and not yet answered. While they are out, the commands that keep arriving
+/// queue up for the next one, so Redis always has work and the client encodes meanwhile.
+const MAX_IN_FLIGHT: usize = 4;
+
 /// Takes every command that is waiting (up to [`MAX_BATCH`]) and sends them as one pipeline
 /// while the next ones queue up: batches grow with the load, and an idle bus adds no delay.
-async fn write(mut rx: mpsc::UnboundedReceiver<Job>, mut conn: ConnectionManager) {
-    let mut jobs = Vec::with_capacity(64);
-    while let Some(first) = rx.recv().await {
-        jobs.push(first);
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+///
+/// Up to [`MAX_IN_FLIGHT`] pipelines are out at once. Their replies may come back in any order
+/// after a reconnect, which no caller can observe: each publish waits for its own reply, so
+/// two publishes from one task never overlap, and concurrent ones have no order to keep.
+async fn write(mut rx: mpsc::UnboundedReceiver<Job>, conn: ConnectionManager) {
+    use futures_util::StreamExt;
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            // Polling the pipelines first sends a new one before more jobs are taken.
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            job = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => match job {
+                Some(first) => {
+                    // Let the publishers that are ready to run queue their commands first.
+                    // That halves the pipelines sent under load (fewer, fuller pipelines cost less
+                    // CPU on both sides); when nothing else is ready it costs one trip round the
+                    // scheduler.
+                    tokio::task::yield_now().await;
+                    let mut jobs = Vec::with_capacity(64);
+                    jobs.push(first);
+                    while jobs.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    in_flight.push(send(jobs, conn.clone()));
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+/// Sends one batch of jobs (a lone command as it is) and hands every job its reply.
+async fn send(mut jobs: Vec<Job>, mut conn: ConnectionManager) {
+    if jobs.len() == 1 {
+        if let Some(job) = jobs.pop() {
+            let result = job.cmd.query_async::<Value>(&mut conn).await;
+            let _ = job.reply.send(result);
+        }
+        return;
+    }
+    let mut pipe = redis::Pipeline::with_capacity(jobs.len());
+    pipe.ignore_errors();
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        pipe.add_command(job.cmd);
+        replies.push(job.reply);
+    }
+    // With ignore_errors each command gets its own result: one command's server error
+    // (NOPERM, OOM) does not fail the others.
+    match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
+        Ok(results) if results.len() == replies.len() => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
         }
-        if jobs.len() == 1 {
-            if let Some(job) = jobs.pop() {
-                let result = job.cmd.query_async::<Value>(&mut conn).await;
-                let _ = job.reply.send(result);
+        Ok(_) => {
+            let e = redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "pipeline reply count does not match the commands sent",
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
-            continue;
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut replies = Vec::with_capacity(jobs.len());
-        for job in jobs.drain(..) {
-            pipe.add_command(job.cmd);
-            replies.push(job.reply);
-        }
-        // With ignore_errors each command gets its own result: one command's server error
-        // (NOPERM, OOM) does not fail the others.
-        match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
-            Ok(results) if results.len() == replies.len() => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Ok(_) => {
-                let e = redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "pipeline reply count does not match the commands sent",
-                ));
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }

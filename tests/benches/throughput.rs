@@ -160,20 +160,35 @@ impl Counts {
     }
 }
 
-/// Median and range of repeated measurements.
-struct Series(Vec<f64>);
+/// Median and range of repeated measurements, and the CPU time each message cost.
+#[derive(Clone, Default)]
+struct Series(Vec<f64>, Cpu);
+
+/// CPU time per message in microseconds (medians over the repetitions): this process (every
+/// thread) and the redis-server. CPU time varies far less between runs than rates do.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    client_us: f64,
+    server_us: f64,
+}
 
 impl Series {
+    fn of(values: Vec<f64>) -> Self {
+        Series(values, Cpu::default())
+    }
     fn median(&self) -> f64 {
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
+        median(self.0.clone())
     }
     fn range(&self) -> (f64, f64) {
         let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
         let max = self.0.iter().copied().fold(0.0, f64::max);
         (min, max)
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn report(scenario: &str, unit: &str, raw: &Series, bus: &Series, higher_is_better: bool) {
@@ -189,7 +204,20 @@ fn report(scenario: &str, unit: &str, raw: &Series, bus: &Series, higher_is_bett
             " (lower is better)"
         }
     );
-    println!("scenario={scenario} raw={r:.0} bus={b:.0} ratio={ratio:.3} unit={unit}");
+    let (rc, bc) = (raw.1, bus.1);
+    let cpu = if rc.client_us > 0.0 && bc.client_us > 0.0 {
+        println!(
+            "{:<34} cpu µs/msg: client raw {:.2} bus {:.2}, redis-server raw {:.2} bus {:.2}",
+            "", rc.client_us, bc.client_us, rc.server_us, bc.server_us
+        );
+        format!(
+            " client_us_raw={:.3} client_us_bus={:.3} server_us_raw={:.3} server_us_bus={:.3}",
+            rc.client_us, bc.client_us, rc.server_us, bc.server_us
+        )
+    } else {
+        String::new()
+    };
+    println!("scenario={scenario} raw={r:.0} bus={b:.0} ratio={ratio:.3} unit={unit}{cpu}");
 }
 
 struct Bench {
@@ -784,16 +812,46 @@ async fn rss(b: &Bench, n: u64) -> Option<u64> {
         .and_then(|kb| kb.parse().ok())
 }
 
+/// Runs `f` (which returns a rate in messages per second) `reps` times, recording CPU time.
 async fn measure<F, Fut>(reps: usize, mut f: F) -> Series
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = f64>,
 {
-    let mut v = Vec::with_capacity(reps);
+    let server = SERVER_PID.load(Ordering::Relaxed).to_string();
+    let mut rates = Vec::with_capacity(reps);
+    let (mut client, mut redis) = (Vec::new(), Vec::new());
     for _ in 0..reps {
-        v.push(f().await);
+        let (c0, s0, t0) = (cpu_ns("self"), cpu_ns(&server), Instant::now());
+        let rate = f().await;
+        let messages = rate * t0.elapsed().as_secs_f64();
+        if messages >= 1.0 {
+            client.push((cpu_ns("self") - c0) as f64 / 1e3 / messages);
+            redis.push((cpu_ns(&server) - s0) as f64 / 1e3 / messages);
+        }
+        rates.push(rate);
     }
-    Series(v)
+    let cpu = Cpu {
+        client_us: median(client),
+        server_us: median(redis),
+    };
+    Series(rates, cpu)
+}
+
+/// The redis-server the benchmark runs against, for its CPU time.
+static SERVER_PID: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time of every thread of a process, in nanoseconds (`/proc/<pid>/task/*/schedstat`);
+/// 0 where that is not readable.
+fn cpu_ns(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn main() {
@@ -824,6 +882,7 @@ fn main() {
 
 async fn run(c: Counts, full: bool) {
     let server = RedisServer::start();
+    SERVER_PID.store(server.pid().unwrap_or(0).into(), Ordering::Relaxed);
     let probe = Arc::new(Probe::default());
     let sample = serde_json::json!({
         "specversion": "1.0", "id": "01a20776-2369-77b8-9e00-cd26531cde87", "type": "bench.event",
@@ -868,7 +927,7 @@ async fn run(c: Counts, full: bool) {
         let raw = measure(c.reps, || raw_pipelined(&b, c.batch, 100)).await;
         let bus = measure(c.reps, || bus_batch(&b, c.batch)).await;
         let serde = measure(c.reps, || raw_pipelined_serde(&b, c.batch, 100)).await;
-        run_pair("publish_batch_100", raw, Series(bus.0.clone())).await;
+        run_pair("publish_batch_100", raw, bus.clone()).await;
         // Reference: the raw pipeline plus serde_json encoding of each envelope.
         report(
             "publish_batch_100_vs_raw_serde",
@@ -904,7 +963,13 @@ async fn run(c: Counts, full: bool) {
             ("latency_p99_us", r99, b99),
             ("latency_p999_us", r999, b999),
         ] {
-            report(name, "us", &Series(vec![r]), &Series(vec![bb]), false);
+            report(
+                name,
+                "us",
+                &Series::of(vec![r]),
+                &Series::of(vec![bb]),
+                false,
+            );
         }
         b.flush().await;
     }
@@ -916,7 +981,12 @@ async fn run(c: Counts, full: bool) {
             raw_rates.push(raw_broadcast(&b, c.broadcast, false).await.0);
             bus_rates.push(bus_broadcast(&b, c.broadcast, false).await.0);
         }
-        run_pair("broadcast_end_to_end", Series(raw_rates), Series(bus_rates)).await;
+        run_pair(
+            "broadcast_end_to_end",
+            Series::of(raw_rates),
+            Series::of(bus_rates),
+        )
+        .await;
         let n = c.latency_secs * 1000;
         let (_, raw) = raw_broadcast(&b, n, true).await;
         let (_, bus) = bus_broadcast(&b, n, true).await;
@@ -925,15 +995,15 @@ async fn run(c: Counts, full: bool) {
         report(
             "broadcast_latency_p50_us",
             "us",
-            &Series(vec![r50]),
-            &Series(vec![b50]),
+            &Series::of(vec![r50]),
+            &Series::of(vec![b50]),
             false,
         );
         report(
             "broadcast_latency_p99_us",
             "us",
-            &Series(vec![r99]),
-            &Series(vec![b99]),
+            &Series::of(vec![r99]),
+            &Series::of(vec![b99]),
             false,
         );
         b.flush().await;
