@@ -194,8 +194,11 @@ impl Reader {
                         shared.dispatch(entries, Some(first), |id| {
                             counts.get(id).copied().unwrap_or(1)
                         });
-                    } else {
+                    } else if !entries.is_empty() {
                         shared.dispatch(entries, Some(first), |_| 1);
+                        // Let the runs just spawned start before this task sends its next read:
+                        // the handler then does not wait behind that write.
+                        tokio::task::yield_now().await;
                     }
                 }
                 Err(e) => {

@@ -6,11 +6,20 @@
 //! ```
 //!
 //! Starts its own `redis-server` (`--save '' --appendonly no`) on a free port. Each scenario runs
-//! the raw baseline (redis 1.8 + tokio, no framework, writing the same envelope bytes) and
-//! eventbus, alternating, several times; it prints the median rate of each, min–max, and the
+//! the raw baseline (redis 1.8 + tokio, no framework, writing the same envelope bytes) several
+//! times, then eventbus as many times; it prints the median rate of each, min–max, and the
 //! ratio, plus one machine-readable line per scenario:
-//! `scenario=<name> raw=<median> bus=<median> ratio=<bus/raw> unit=<unit>`.
-//! Absolute figures depend on the machine; ratios travel.
+//! `scenario=<name> raw=<median> bus=<median> ratio=<bus/raw> unit=<unit> client_us_raw=… …`.
+//! Rate scenarios also print the CPU time each message cost this process (every thread) and the
+//! redis-server, which varies far less between runs than rates do.
+//!
+//! Two reference lines compare eventbus with raw code that does the same work it must do:
+//! `publish_batch_100_vs_raw_serde` (the raw pipeline also serializes each envelope) and
+//! `publish_concurrent_64_vs_raw_tasks` (64 raw tasks each awaiting its own XADD).
+//!
+//! The runtime gets one worker per core minus one, for the redis-server on the same machine
+//! (`EVENTBUS_BENCH_WORKERS` overrides it). `EVENTBUS_BENCH_ONLY=<prefix>` runs the scenarios
+//! whose names start with the prefix. Absolute figures depend on the machine; ratios travel.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -889,9 +898,26 @@ fn cpu_ns(pid: &str) -> u64 {
         .sum()
 }
 
+/// Runtime worker threads: `EVENTBUS_BENCH_WORKERS`, else one per core minus the one the
+/// benchmark's own redis-server needs (at least one). Redis normally has a host of its own; with
+/// a worker on every core here, client threads preempt the server and the figures measure the
+/// scheduler more than either client.
+fn workers() -> usize {
+    std::env::var("EVENTBUS_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get().saturating_sub(1).max(1))
+                .unwrap_or(1)
+        })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers())
         .enable_all()
         .build()
         .expect("runtime");
@@ -931,9 +957,10 @@ async fn run(c: Counts, full: bool) {
         ns_counter: AtomicU64::new(0),
     };
     println!(
-        "eventbus throughput benchmark ({} mode, {} repetitions, envelope {} bytes; medians, min–max in brackets)",
+        "eventbus throughput benchmark ({} mode, {} repetitions, {} runtime worker(s), envelope {} bytes; medians, min–max in brackets)",
         if full { "full" } else { "smoke" },
         c.reps,
+        workers(),
         b.envelope.len()
     );
 
