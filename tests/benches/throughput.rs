@@ -13,7 +13,8 @@
 //! Rate scenarios also print the CPU time each message cost this process (every thread) and the
 //! redis-server, which varies far less between runs than rates do.
 //!
-//! Two reference lines compare eventbus with raw code that does the same work it must do:
+//! Three reference lines compare eventbus with raw code that does the same work it must do:
+//! `publish_awaited_vs_raw_timeout` (the raw client also has a response timeout),
 //! `publish_batch_100_vs_raw_serde` (the raw pipeline also serializes each envelope) and
 //! `publish_concurrent_64_vs_raw_tasks` (64 raw tasks each awaiting its own XADD).
 //!
@@ -304,8 +305,25 @@ fn stream(ns: &str) -> String {
 }
 
 async fn raw_awaited(b: &Bench, n: u64) -> f64 {
+    raw_awaited_on(b, n, b.conn().await).await
+}
+
+/// The same through a `ConnectionManager` with the 10 s response timeout eventbus gives its
+/// publish connection (a frozen server must not hang a publish forever): one timer per request.
+async fn raw_awaited_with_timeout(b: &Bench, n: u64) -> f64 {
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    let conn = b
+        .server
+        .client()
+        .get_connection_manager_with_config(cfg)
+        .await
+        .expect("connect");
+    raw_awaited_on(b, n, conn).await
+}
+
+async fn raw_awaited_on<C: redis::aio::ConnectionLike>(b: &Bench, n: u64, mut c: C) -> f64 {
     let key = stream(&b.ns("raw-awaited"));
-    let mut c = b.conn().await;
     let t = Instant::now();
     for _ in 0..n {
         let _: String = redis::cmd("XADD")
@@ -974,7 +992,16 @@ async fn run(c: Counts, full: bool) {
     if wanted("publish_awaited") {
         let raw = measure(c.reps, || raw_awaited(&b, c.awaited)).await;
         let bus = measure(c.reps, || bus_awaited(&b, c.awaited)).await;
-        run_pair("publish_awaited", raw, bus).await;
+        let timed = measure(c.reps, || raw_awaited_with_timeout(&b, c.awaited)).await;
+        run_pair("publish_awaited", raw, bus.clone()).await;
+        // Reference: the raw client with the same response timeout as eventbus.
+        report(
+            "publish_awaited_vs_raw_timeout",
+            "msg/s",
+            &timed,
+            &bus,
+            true,
+        );
         b.flush().await;
     }
 
