@@ -19,8 +19,9 @@
 //! `publish_concurrent_64_vs_raw_tasks` (64 raw tasks each awaiting its own XADD).
 //!
 //! The runtime gets one worker per core minus one, for the redis-server on the same machine
-//! (`EVENTBUS_BENCH_WORKERS` overrides it). `EVENTBUS_BENCH_ONLY=<prefix>` runs the scenarios
-//! whose names start with the prefix. Absolute figures depend on the machine; ratios travel.
+//! (`EVENTBUS_BENCH_WORKERS` overrides it). For profiling, `EVENTBUS_BENCH_ONLY=<prefix>` runs
+//! the scenarios whose names start with the prefix and `EVENTBUS_BENCH_SIDE=raw|bus` only one
+//! side of the rate scenarios. Absolute figures depend on the machine; ratios travel.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -874,12 +875,24 @@ async fn rss(b: &Bench, n: u64) -> Option<u64> {
         .and_then(|kb| kb.parse().ok())
 }
 
+/// Which client a measurement runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Raw,
+    Bus,
+}
+
 /// Runs `f` (which returns a rate in messages per second) `reps` times, recording CPU time.
-async fn measure<F, Fut>(reps: usize, mut f: F) -> Series
+/// `EVENTBUS_BENCH_SIDE=raw|bus` skips the other side's rate scenarios (for profiling one side).
+async fn measure<F, Fut>(side: Side, reps: usize, mut f: F) -> Series
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = f64>,
 {
+    let only = std::env::var("EVENTBUS_BENCH_SIDE").unwrap_or_default();
+    if (only == "raw" && side == Side::Bus) || (only == "bus" && side == Side::Raw) {
+        return Series::default();
+    }
     let server = SERVER_PID.load(Ordering::Relaxed).to_string();
     let mut rates = Vec::with_capacity(reps);
     let (mut client, mut redis) = (Vec::new(), Vec::new());
@@ -990,9 +1003,12 @@ async fn run(c: Counts, full: bool) {
     let wanted = |name: &str| only.is_empty() || name.starts_with(only.as_str());
 
     if wanted("publish_awaited") {
-        let raw = measure(c.reps, || raw_awaited(&b, c.awaited)).await;
-        let bus = measure(c.reps, || bus_awaited(&b, c.awaited)).await;
-        let timed = measure(c.reps, || raw_awaited_with_timeout(&b, c.awaited)).await;
+        let raw = measure(Side::Raw, c.reps, || raw_awaited(&b, c.awaited)).await;
+        let bus = measure(Side::Bus, c.reps, || bus_awaited(&b, c.awaited)).await;
+        let timed = measure(Side::Raw, c.reps, || {
+            raw_awaited_with_timeout(&b, c.awaited)
+        })
+        .await;
         run_pair("publish_awaited", raw, bus.clone()).await;
         // Reference: the raw client with the same response timeout as eventbus.
         report(
@@ -1006,9 +1022,9 @@ async fn run(c: Counts, full: bool) {
     }
 
     if wanted("publish_concurrent_64") {
-        let raw = measure(c.reps, || raw_pipelined(&b, c.concurrent, 64)).await;
-        let bus = measure(c.reps, || bus_concurrent(&b, c.concurrent, 64)).await;
-        let tasks = measure(c.reps, || raw_concurrent(&b, c.concurrent, 64)).await;
+        let raw = measure(Side::Raw, c.reps, || raw_pipelined(&b, c.concurrent, 64)).await;
+        let bus = measure(Side::Bus, c.reps, || bus_concurrent(&b, c.concurrent, 64)).await;
+        let tasks = measure(Side::Raw, c.reps, || raw_concurrent(&b, c.concurrent, 64)).await;
         run_pair("publish_concurrent_64", raw, bus.clone()).await;
         // Reference: 64 raw tasks each awaiting its own XADD.
         report(
@@ -1022,9 +1038,9 @@ async fn run(c: Counts, full: bool) {
     }
 
     if wanted("publish_batch_100") {
-        let raw = measure(c.reps, || raw_pipelined(&b, c.batch, 100)).await;
-        let bus = measure(c.reps, || bus_batch(&b, c.batch)).await;
-        let serde = measure(c.reps, || raw_pipelined_serde(&b, c.batch, 100)).await;
+        let raw = measure(Side::Raw, c.reps, || raw_pipelined(&b, c.batch, 100)).await;
+        let bus = measure(Side::Bus, c.reps, || bus_batch(&b, c.batch)).await;
+        let serde = measure(Side::Raw, c.reps, || raw_pipelined_serde(&b, c.batch, 100)).await;
         run_pair("publish_batch_100", raw, bus.clone()).await;
         // Reference: the raw pipeline plus serde_json encoding of each envelope.
         report(
@@ -1038,15 +1054,15 @@ async fn run(c: Counts, full: bool) {
     }
 
     if wanted("drain_backlog") {
-        let raw = measure(c.reps, || raw_drain(&b, c.backlog)).await;
-        let bus = measure(c.reps, || bus_drain(&b, c.backlog)).await;
+        let raw = measure(Side::Raw, c.reps, || raw_drain(&b, c.backlog)).await;
+        let bus = measure(Side::Bus, c.reps, || bus_drain(&b, c.backlog)).await;
         run_pair("drain_backlog", raw, bus).await;
         b.flush().await;
     }
 
     if wanted("live_end_to_end") {
-        let raw = measure(c.reps, || raw_live(&b, c.live)).await;
-        let bus = measure(c.reps, || bus_live(&b, c.live)).await;
+        let raw = measure(Side::Raw, c.reps, || raw_live(&b, c.live)).await;
+        let bus = measure(Side::Bus, c.reps, || bus_live(&b, c.live)).await;
         run_pair("live_end_to_end", raw, bus).await;
         b.flush().await;
     }
