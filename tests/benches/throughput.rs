@@ -629,6 +629,24 @@ async fn bus_live(b: &Bench, n: u64) -> f64 {
     r
 }
 
+/// p50, p99 and p99.9 of several runs, one value of each per run.
+#[derive(Default)]
+struct Percentiles([Vec<f64>; 3]);
+
+impl Percentiles {
+    fn add(&mut self, samples: Vec<u64>) {
+        let (p50, p99, p999) = percentiles(samples);
+        for (all, p) in self.0.iter_mut().zip([p50, p99, p999]) {
+            all.push(p);
+        }
+    }
+
+    /// The runs' values of one percentile (0: p50, 1: p99, 2: p99.9).
+    fn series(&self, i: usize) -> Series {
+        Series::of(self.0[i].clone())
+    }
+}
+
 fn percentiles(mut v: Vec<u64>) -> (f64, f64, f64) {
     v.sort_unstable();
     let at = |q: f64| {
@@ -1068,22 +1086,17 @@ async fn run(c: Counts, full: bool) {
     }
 
     if wanted("latency") {
-        let raw = raw_latency(&b, c.latency_secs).await;
-        let bus = bus_latency(&b, c.latency_secs).await;
-        let (r50, r99, r999) = percentiles(raw);
-        let (b50, b99, b999) = percentiles(bus);
-        for (name, r, bb) in [
-            ("latency_p50_us", r50, b50),
-            ("latency_p99_us", r99, b99),
-            ("latency_p999_us", r999, b999),
-        ] {
-            report(
-                name,
-                "us",
-                &Series::of(vec![r]),
-                &Series::of(vec![bb]),
-                false,
-            );
+        // Each repetition gives one p50, p99 and p99.9 per side; the table shows their medians.
+        let (mut raw, mut bus) = (Percentiles::default(), Percentiles::default());
+        for _ in 0..c.reps {
+            raw.add(raw_latency(&b, c.latency_secs).await);
+            bus.add(bus_latency(&b, c.latency_secs).await);
+        }
+        for (i, name) in ["latency_p50_us", "latency_p99_us", "latency_p999_us"]
+            .into_iter()
+            .enumerate()
+        {
+            report(name, "us", &raw.series(i), &bus.series(i), false);
         }
         b.flush().await;
     }
@@ -1102,24 +1115,17 @@ async fn run(c: Counts, full: bool) {
         )
         .await;
         let n = c.latency_secs * 1000;
-        let (_, raw) = raw_broadcast(&b, n, true).await;
-        let (_, bus) = bus_broadcast(&b, n, true).await;
-        let (r50, r99, _) = percentiles(raw);
-        let (b50, b99, _) = percentiles(bus);
-        report(
-            "broadcast_latency_p50_us",
-            "us",
-            &Series::of(vec![r50]),
-            &Series::of(vec![b50]),
-            false,
-        );
-        report(
-            "broadcast_latency_p99_us",
-            "us",
-            &Series::of(vec![r99]),
-            &Series::of(vec![b99]),
-            false,
-        );
+        let (mut raw, mut bus) = (Percentiles::default(), Percentiles::default());
+        for _ in 0..c.reps {
+            raw.add(raw_broadcast(&b, n, true).await.1);
+            bus.add(bus_broadcast(&b, n, true).await.1);
+        }
+        for (i, name) in ["broadcast_latency_p50_us", "broadcast_latency_p99_us"]
+            .into_iter()
+            .enumerate()
+        {
+            report(name, "us", &raw.series(i), &bus.series(i), false);
+        }
         b.flush().await;
     }
 
