@@ -77,9 +77,10 @@ const MAX_IN_FLIGHT: usize = 4;
 /// Takes every command that is waiting (up to [`MAX_BATCH`]) and sends them as one pipeline
 /// while the next ones queue up: batches grow with the load, and an idle bus adds no delay.
 ///
-/// Up to [`MAX_IN_FLIGHT`] pipelines are out at once. Their replies may come back in any order
-/// after a reconnect, which no caller can observe: each publish waits for its own reply, so
-/// two publishes from one task never overlap, and concurrent ones have no order to keep.
+/// Up to [`MAX_IN_FLIGHT`] pipelines are out at once. When a reconnect fails some of them and
+/// their publishers retry, events may be stored in another order than they were sent, which no
+/// caller can observe: each publish waits for its own reply, so two publishes from one task never
+/// overlap, and concurrent ones have no order to keep.
 async fn write(mut rx: mpsc::UnboundedReceiver<Job>, conn: ConnectionManager) {
     use futures_util::StreamExt;
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
@@ -108,6 +109,8 @@ async fn write(mut rx: mpsc::UnboundedReceiver<Job>, conn: ConnectionManager) {
                 }
                 None => open = false,
             },
+            // Unreachable (the loop condition keeps a branch enabled); ends instead of panicking.
+            else => break,
         }
     }
 }
