@@ -152,10 +152,7 @@ pub(crate) fn encode_into<E: crate::DomainEvent>(
     string(w, source)?;
     raw(w, b",\"time\":")?;
     let mut buf = [0u8; RFC3339_MICROS_LEN + 2];
-    match rfc3339_micros(time, &mut buf) {
-        Some(t) => raw(w, t)?,
-        None => string(w, &humantime::format_rfc3339_micros(time).to_string())?,
-    }
+    raw(w, rfc3339_micros(time, &mut buf))?;
     raw(
         w,
         b",\"datacontenttype\":\"application/json\",\"schemaversion\":",
@@ -265,26 +262,30 @@ fn string(w: &mut impl io::Write, s: &str) -> Result<(), serde_json::Error> {
 const RFC3339_MICROS_LEN: usize = 27;
 
 /// Writes `time` as a quoted RFC 3339 UTC timestamp with microseconds, as
-/// `humantime::format_rfc3339_micros` does, without going through `fmt`. `None` for times
-/// before 1970 or after 9999, which the caller formats the slow way.
-fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN + 2]) -> Option<&[u8]> {
+/// `humantime::format_rfc3339_micros` does, without going through `fmt`. A clock set before
+/// 1970 writes the epoch (as the event id does) and one past 9999 the last microsecond of 9999:
+/// a wrong clock never fails a publish.
+fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN + 2]) -> &[u8] {
     thread_local! {
         /// The last second formatted on this thread, and its text: most events in a row fall
         /// in the same second, and then only the microseconds are written.
         static LAST: std::cell::Cell<(u64, [u8; RFC3339_MICROS_LEN + 2])> =
             const { std::cell::Cell::new((u64::MAX, [0; RFC3339_MICROS_LEN + 2])) };
     }
-    let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
+    /// 9999-12-31T23:59:59.999999Z, the last instant RFC 3339 can write.
+    const LAST_INSTANT: std::time::Duration =
+        std::time::Duration::new(253_402_300_799, 999_999_000);
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .min(LAST_INSTANT);
     let secs = since.as_secs();
-    if secs > 253_402_300_799 {
-        return None;
-    }
     let micros = since.subsec_micros();
     let (last_secs, last) = LAST.get();
     if last_secs == secs {
         *buf = last;
         digits(&mut buf[21..27], u64::from(micros));
-        return Some(&buf[..]);
+        return &buf[..];
     }
     let days = secs / 86_400;
     let sod = secs % 86_400;
@@ -315,7 +316,7 @@ fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN + 2]) -> O
     buf[27] = b'Z';
     buf[28] = b'"';
     LAST.set((secs, *buf));
-    Some(&buf[..])
+    &buf[..]
 }
 
 /// Writes `v` as decimal digits filling `out`, with leading zeros.
@@ -601,20 +602,58 @@ mod tests {
         );
     }
 
+    fn fast_and_slow(t: SystemTime) -> (String, String) {
+        let mut buf = [0u8; RFC3339_MICROS_LEN + 2];
+        let fast = String::from_utf8(rfc3339_micros(t, &mut buf).to_vec()).expect("ascii");
+        (fast, format!("\"{}\"", humantime::format_rfc3339_micros(t)))
+    }
+
     #[test]
     fn fast_timestamps_match_humantime() {
         use std::time::{Duration, UNIX_EPOCH};
-        let mut buf = [0u8; RFC3339_MICROS_LEN + 2];
         for secs in [0, 951_782_400, 4_107_542_399, 253_402_300_799] {
-            let t = UNIX_EPOCH + Duration::new(secs, 999_999_999);
-            let fast = rfc3339_micros(t, &mut buf).expect("in range");
-            let slow = format!("\"{}\"", humantime::format_rfc3339_micros(t));
-            assert_eq!(std::str::from_utf8(fast).expect("ascii"), slow);
+            let (fast, slow) = fast_and_slow(UNIX_EPOCH + Duration::new(secs, 999_999_999));
+            assert_eq!(fast, slow);
         }
-        let too_late = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
-        assert!(rfc3339_micros(too_late, &mut buf).is_none());
-        let too_early = UNIX_EPOCH - Duration::from_secs(1);
-        assert!(rfc3339_micros(too_early, &mut buf).is_none());
+    }
+
+    /// Times in a row within one second reuse the formatted second; the next second, or an
+    /// earlier one, does not.
+    #[test]
+    fn the_cached_second_is_only_reused_within_that_second() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = UNIX_EPOCH + Duration::new(1_795_000_000, 0);
+        for step in [
+            Duration::ZERO,
+            Duration::from_micros(999_999),
+            Duration::from_secs(1),
+            Duration::new(1, 5),
+            Duration::new(1, 999_999_999),
+            Duration::from_secs(3_600),
+            Duration::from_micros(1),
+            Duration::from_secs(86_400),
+        ] {
+            let (fast, slow) = fast_and_slow(t + step);
+            assert_eq!(fast, slow, "at +{step:?}");
+        }
+        let (fast, slow) = fast_and_slow(t - Duration::from_secs(1));
+        assert_eq!(fast, slow, "a second back");
+    }
+
+    #[test]
+    fn clocks_out_of_range_are_clamped_not_a_panic() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let mut buf = [0u8; RFC3339_MICROS_LEN + 2];
+        let late = UNIX_EPOCH + Duration::from_secs(253_402_300_800 + 86_400);
+        assert_eq!(
+            rfc3339_micros(late, &mut buf),
+            b"\"9999-12-31T23:59:59.999999Z\""
+        );
+        let early = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(
+            rfc3339_micros(early, &mut buf),
+            b"\"1970-01-01T00:00:00.000000Z\""
+        );
     }
 
     #[test]
@@ -640,10 +679,8 @@ mod tests {
             #[test]
             fn timestamps(secs in 0u64..=253_402_300_799, nanos in 0u32..1_000_000_000) {
                 let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
-                let mut buf = [0u8; super::super::RFC3339_MICROS_LEN + 2];
-                let fast = super::super::rfc3339_micros(t, &mut buf).map(|b| b.to_vec());
-                let slow = format!("\"{}\"", humantime::format_rfc3339_micros(t));
-                prop_assert_eq!(fast, Some(slow.into_bytes()));
+                let (fast, slow) = super::fast_and_slow(t);
+                prop_assert_eq!(fast, slow);
             }
 
             /// Any id, source and payload text encodes to exactly serde's JSON.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventbus::prelude::*;
 use eventbus_tests::{RedisServer, init_tracing, namespace, stream_key, wait_until};
@@ -77,6 +77,14 @@ async fn envelopes(server: &RedisServer, stream: &str) -> Vec<serde_json::Value>
         .collect()
 }
 
+/// A publishing task's result; fails (rather than hangs) if a publish is never answered.
+async fn answered<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("every publish is answered within 60 s")
+        .expect("the publishing task")
+}
+
 async fn exists(server: &RedisServer, key: &str) -> bool {
     let mut conn = server.conn().await;
     let n: u32 = redis::cmd("EXISTS")
@@ -99,7 +107,9 @@ async fn publish_batch_stores_events_in_order_with_the_returned_ids() {
             text: format!("item {n}"),
         })
         .collect();
+    let before = SystemTime::now();
     let ids = bus.publish_batch(&events).await.expect("publish_batch");
+    let after = SystemTime::now();
     assert_eq!(ids.len(), events.len());
     assert_eq!(
         ids.iter().collect::<BTreeSet<_>>().len(),
@@ -120,11 +130,21 @@ async fn publish_batch_stores_events_in_order_with_the_returned_ids() {
         assert_eq!(env["specversion"], "1.0");
         assert_eq!(env["schemaversion"], 3);
         assert_eq!(env["datacontenttype"], "application/json");
-        let time = env["time"].as_str().expect("time");
+        let text = env["time"].as_str().expect("time");
+        let time = humantime::parse_rfc3339(text).expect("time is RFC 3339");
+        let micros = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .expect("after 1970")
+                .as_micros()
+        };
         assert!(
-            humantime::parse_rfc3339(time).is_ok(),
-            "time {time:?} is RFC 3339"
+            micros(before) <= micros(time) && micros(time) <= micros(after),
+            "time {text} lies within the call"
         );
+        // One clock reading serves both: the UUID v7's 48-bit millisecond timestamp.
+        let hex = ids[i].as_str().replace('-', "");
+        let id_millis = u128::from_str_radix(&hex[..12], 16).expect("hex");
+        assert_eq!(id_millis, micros(time) / 1000, "the id and the time agree");
     }
 }
 
@@ -202,7 +222,7 @@ async fn concurrent_publishes_from_many_tasks_are_each_stored_once() {
     }
     let mut published = Vec::new();
     for j in joins {
-        published.extend(j.await.expect("task"));
+        published.extend(answered(j).await);
     }
     let ids: BTreeSet<&str> = published.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(
@@ -282,7 +302,7 @@ async fn one_failing_command_does_not_fail_the_others_sent_with_it() {
     }
     let (mut ok, mut failed) = (Vec::new(), Vec::new());
     for j in joins {
-        let (o, f) = j.await.expect("task");
+        let (o, f) = answered(j).await;
         ok.extend(o);
         failed.extend(f);
     }
