@@ -35,7 +35,7 @@ pub(crate) async fn write(
     ack: Option<(&str, &str)>,
     failure: &Failure,
 ) -> redis::RedisResult<()> {
-    let failed_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let failed_at = crate::envelope::rfc3339_millis(SystemTime::now());
     let event_id = failure.event_id.as_ref().map(EventId::as_str).unwrap_or("");
     let (stream_id, delivery) = match ack {
         Some((_, id)) => (id, "durable"),

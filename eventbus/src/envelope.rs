@@ -272,13 +272,7 @@ fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN + 2]) -> &
         static LAST: std::cell::Cell<(u64, [u8; RFC3339_MICROS_LEN + 2])> =
             const { std::cell::Cell::new((u64::MAX, [0; RFC3339_MICROS_LEN + 2])) };
     }
-    /// 9999-12-31T23:59:59.999999Z, the last instant RFC 3339 can write.
-    const LAST_INSTANT: std::time::Duration =
-        std::time::Duration::new(253_402_300_799, 999_999_000);
-    let since = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .min(LAST_INSTANT);
+    let since = since_epoch_clamped(time);
     let secs = since.as_secs();
     let micros = since.subsec_micros();
     let (last_secs, last) = LAST.get();
@@ -317,6 +311,23 @@ fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN + 2]) -> &
     buf[28] = b'"';
     LAST.set((secs, *buf));
     &buf[..]
+}
+
+/// The time since 1970, within what RFC 3339 can write: a clock set before 1970 gives zero and
+/// one past 9999 the last microsecond of 9999.
+fn since_epoch_clamped(time: SystemTime) -> std::time::Duration {
+    const LAST_INSTANT: std::time::Duration =
+        std::time::Duration::new(253_402_300_799, 999_999_000);
+    time.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .min(LAST_INSTANT)
+}
+
+/// `time` as RFC 3339 UTC with milliseconds (`failed_at` of dead letters); never panics, whatever
+/// the clock says.
+pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
+    let time = std::time::UNIX_EPOCH + since_epoch_clamped(time);
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Writes `v` as decimal digits filling `out`, with leading zeros.
@@ -654,6 +665,8 @@ mod tests {
             rfc3339_micros(early, &mut buf),
             b"\"1970-01-01T00:00:00.000000Z\""
         );
+        assert_eq!(rfc3339_millis(late), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_millis(early), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
