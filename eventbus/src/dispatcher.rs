@@ -535,12 +535,12 @@ impl Shared {
         mut first: Option<OwnedSemaphorePermit>,
         deliveries: impl Fn(&str) -> u32,
     ) {
-        for entry in entries {
-            let fresh = self
-                .inflight
-                .lock()
-                .map(|mut s| s.insert(entry.id.clone()))
-                .unwrap_or(true);
+        // One lock for the whole batch: the entries not running here yet.
+        let fresh: Vec<bool> = match self.inflight.lock() {
+            Ok(mut s) => entries.iter().map(|e| s.insert(e.id.clone())).collect(),
+            Err(_) => vec![true; entries.len()],
+        };
+        for (entry, fresh) in entries.into_iter().zip(fresh) {
             if !fresh {
                 continue; // still running here since an earlier delivery
             }
