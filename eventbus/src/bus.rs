@@ -72,10 +72,10 @@ impl Publisher {
     fn command<E: DomainEvent>(
         &self,
         key: &str,
+        head: &envelope::Head,
         id: &EventId,
         time: SystemTime,
         event: &E,
-        meta: &Meta,
     ) -> Result<redis::Cmd> {
         let mut cmd = redis::Cmd::with_capacity(8, 128 + key.len() + ENVELOPE_SIZE_HINT);
         match E::DELIVERY {
@@ -90,7 +90,7 @@ impl Publisher {
                 cmd.arg("PUBLISH").arg(key);
             }
         }
-        let size = envelope::with_encoded(id, time, &self.source, meta, event, |json| {
+        let size = envelope::with_encoded(head, id, time, event, |json| {
             if json.len() <= self.max_payload {
                 cmd.arg(json);
             }
@@ -129,12 +129,13 @@ impl Publisher {
     /// with the same id (so the happy path never copies the command).
     pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
         let key = self.key::<E>();
+        let head = envelope::Head::new::<E>(&self.source, meta);
         let time = SystemTime::now();
         let id = EventId::at(time);
         let mut delay = Duration::from_millis(50);
         let mut attempt = 1;
         loop {
-            let cmd = self.command(&key, &id, time, event, meta)?;
+            let cmd = self.command(&key, &head, &id, time, event)?;
             match self.coalescer.query(cmd).await {
                 Ok(_) => return Ok(id),
                 Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
@@ -156,12 +157,14 @@ impl Publisher {
         let mut ids = Vec::with_capacity(events.len());
         let mut pipe = redis::Pipeline::with_capacity(events.len());
         let key = self.key::<E>();
+        let head = envelope::Head::new::<E>(&self.source, meta);
+        // One clock reading for the batch: one publish time; the ids differ in their random bits.
+        let time = SystemTime::now();
         for event in events {
-            let time = SystemTime::now();
             let id = EventId::at(time);
             // Not `.ignore()`d: that costs a hash insert per command, and the replies are
             // dropped below all the same.
-            pipe.add_command(self.command(&key, &id, time, event, meta)?);
+            pipe.add_command(self.command(&key, &head, &id, time, event)?);
             ids.push(id);
         }
         if ids.is_empty() {

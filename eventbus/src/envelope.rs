@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -110,7 +109,7 @@ impl PartialEq<&str> for EventId {
     }
 }
 
-/// The CloudEvents spec version written and accepted.
+/// The CloudEvents spec version written and accepted (`encode_into` writes it literally).
 pub(crate) const SPEC_VERSION: &str = "1.0";
 /// The stream entry field that holds the envelope.
 pub(crate) const FIELD_ENVELOPE: &str = "envelope";
@@ -126,60 +125,73 @@ pub(crate) struct Meta {
     pub(crate) causation_id: Option<EventId>,
 }
 
-/// Encodes one event's envelope as compact JSON into `out` and returns the bytes written.
+/// The parts of an envelope that are the same for every event of one type published with one
+/// source and metadata, escaped once per publish (or once per batch) instead of once per event.
+pub(crate) struct Head {
+    /// `,"type":…,"source":…,"time":`
+    after_id: Vec<u8>,
+    /// `,"datacontenttype":…,"schemaversion":…[,"correlationid":…][,"causationid":…],"data":`
+    after_time: Vec<u8>,
+}
+
+impl Head {
+    pub(crate) fn new<E: crate::DomainEvent>(source: &str, meta: &Meta) -> Head {
+        let mut after_id = Vec::with_capacity(64 + E::NAME.len() + source.len());
+        after_id.extend_from_slice(b",\"type\":");
+        string(&mut after_id, E::NAME);
+        after_id.extend_from_slice(b",\"source\":");
+        string(&mut after_id, source);
+        after_id.extend_from_slice(b",\"time\":");
+        let mut after_time = Vec::with_capacity(160);
+        after_time
+            .extend_from_slice(b",\"datacontenttype\":\"application/json\",\"schemaversion\":");
+        after_time.extend_from_slice(itoa::Buffer::new().format(E::VERSION).as_bytes());
+        if let Some(c) = &meta.correlation_id {
+            after_time.extend_from_slice(b",\"correlationid\":");
+            string(&mut after_time, c.as_str());
+        }
+        if let Some(c) = &meta.causation_id {
+            after_time.extend_from_slice(b",\"causationid\":");
+            string(&mut after_time, c.as_str());
+        }
+        after_time.extend_from_slice(b",\"data\":");
+        Head {
+            after_id,
+            after_time,
+        }
+    }
+}
+
+/// Appends one event's envelope, as compact JSON, to `out`.
 ///
 /// The attributes are written by hand (their keys are fixed and their values rarely need
 /// escaping); only `data` goes through serde. The output is the JSON that serializing the
-/// attributes with serde_json would give, in the same order (pinned by a test). Writing
-/// straight into the command's buffer saves the copy of every envelope.
+/// attributes with serde_json would give, in the same order (pinned by a test).
 pub(crate) fn encode_into<E: crate::DomainEvent>(
-    out: &mut impl io::Write,
+    out: &mut Vec<u8>,
+    head: &Head,
     id: &EventId,
     time: SystemTime,
-    source: &str,
-    meta: &Meta,
     event: &E,
-) -> Result<usize, serde_json::Error> {
-    let mut out = Counting { inner: out, n: 0 };
-    let w = &mut out;
-    raw(w, b"{\"specversion\":\"")?;
-    raw(w, SPEC_VERSION.as_bytes())?;
-    raw(w, b"\",\"id\":")?;
-    string(w, id.as_str())?;
-    raw(w, b",\"type\":")?;
-    string(w, E::NAME)?;
-    raw(w, b",\"source\":")?;
-    string(w, source)?;
-    raw(w, b",\"time\":")?;
+) -> Result<(), serde_json::Error> {
+    out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+    string(out, id.as_str());
+    out.extend_from_slice(&head.after_id);
     let mut buf = [0u8; RFC3339_MICROS_LEN + 2];
-    raw(w, rfc3339_micros(time, &mut buf))?;
-    raw(
-        w,
-        b",\"datacontenttype\":\"application/json\",\"schemaversion\":",
-    )?;
-    raw(w, itoa::Buffer::new().format(E::VERSION).as_bytes())?;
-    if let Some(c) = &meta.correlation_id {
-        raw(w, b",\"correlationid\":")?;
-        string(w, c.as_str())?;
-    }
-    if let Some(c) = &meta.causation_id {
-        raw(w, b",\"causationid\":")?;
-        string(w, c.as_str())?;
-    }
-    raw(w, b",\"data\":")?;
-    serde_json::to_writer(&mut *w, event)?;
-    raw(w, b"}")?;
-    Ok(out.n)
+    out.extend_from_slice(rfc3339_micros(time, &mut buf));
+    out.extend_from_slice(&head.after_time);
+    serde_json::to_writer(&mut *out, event)?;
+    out.push(b'}');
+    Ok(())
 }
 
 /// Encodes one event's envelope into this thread's scratch buffer and hands the bytes to `use_it`
 /// (which copies them into a command). Reusing one buffer is cheaper than allocating one per
 /// event or growing the command's own buffer piece by piece.
 pub(crate) fn with_encoded<E: crate::DomainEvent, R>(
+    head: &Head,
     id: &EventId,
     time: SystemTime,
-    source: &str,
-    meta: &Meta,
     event: &E,
     use_it: impl FnOnce(&[u8]) -> R,
 ) -> Result<R, serde_json::Error> {
@@ -191,8 +203,7 @@ pub(crate) fn with_encoded<E: crate::DomainEvent, R>(
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
-            let result =
-                encode_into(&mut *buf, id, time, source, meta, event).map(|_| use_it(&buf));
+            let result = encode_into(&mut buf, head, id, time, event).map(|()| use_it(&buf));
             if buf.capacity() > KEEP {
                 *buf = Vec::with_capacity(1024);
             }
@@ -201,7 +212,7 @@ pub(crate) fn with_encoded<E: crate::DomainEvent, R>(
         // Only if serializing an event encodes another one on the same thread.
         Err(_) => {
             let mut buf = Vec::with_capacity(1024);
-            encode_into(&mut buf, id, time, source, meta, event)?;
+            encode_into(&mut buf, head, id, time, event)?;
             Ok(use_it(&buf))
         }
     })
@@ -215,46 +226,22 @@ pub(crate) fn encode<E: crate::DomainEvent>(
     meta: &Meta,
     event: &E,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    with_encoded(id, SystemTime::now(), source, meta, event, <[u8]>::to_vec)
-}
-
-/// A writer that counts what passes through it (the payload size check needs the length).
-struct Counting<'a, W: io::Write> {
-    inner: &'a mut W,
-    n: usize,
-}
-
-impl<W: io::Write> io::Write for Counting<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n;
-        Ok(n)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_all(buf)?;
-        self.n += buf.len();
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn raw(w: &mut impl io::Write, bytes: &[u8]) -> Result<(), serde_json::Error> {
-    w.write_all(bytes).map_err(serde_json::Error::io)
+    let head = Head::new::<E>(source, meta);
+    with_encoded(&head, id, SystemTime::now(), event, <[u8]>::to_vec)
 }
 
 /// A JSON string: copied as it is when nothing in it needs escaping (ids, names), else escaped
-/// by serde_json.
-fn string(w: &mut impl io::Write, s: &str) -> Result<(), serde_json::Error> {
+/// as serde_json escapes it.
+fn string(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        raw(w, b"\"")?;
-        raw(w, s.as_bytes())?;
-        raw(w, b"\"")
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
     } else {
-        serde_json::to_writer(w, s)
+        // Writing a `str` to a `Vec` cannot fail; the fallback keeps that visible without a panic.
+        if serde_json::to_writer(&mut *out, s).is_err() {
+            out.extend_from_slice(b"\"\"");
+        }
     }
 }
 

@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Starts its own `redis-server` (`--save '' --appendonly no`) on a free port. Each scenario runs
-//! the raw baseline (redis 1.8 + tokio, no framework, writing the same envelope bytes) several
-//! times, then eventbus as many times; it prints the median rate of each, min–max, and the
+//! the raw baseline (redis 1.8 + tokio, no framework, writing the same envelope bytes) and
+//! eventbus in turn, several times each; it prints the median rate of each, min–max, and the
 //! ratio, plus one machine-readable line per scenario:
 //! `scenario=<name> raw=<median> bus=<median> ratio=<bus/raw> unit=<unit> client_us_raw=… …`.
 //! Rate scenarios also print the CPU time each message cost this process (every thread) and the
@@ -144,7 +144,7 @@ struct Counts {
 impl Counts {
     fn full() -> Self {
         Counts {
-            reps: 3,
+            reps: 5,
             awaited: 5_000,
             concurrent: 100_000,
             batch: 100_000,
@@ -171,9 +171,13 @@ impl Counts {
     }
 }
 
-/// Median and range of repeated measurements, and the CPU time each message cost.
+/// Repeated measurements of one side: rates, and the CPU time each message cost in each run.
 #[derive(Clone, Default)]
-struct Series(Vec<f64>, Cpu);
+struct Series {
+    rates: Vec<f64>,
+    client_us: Vec<f64>,
+    server_us: Vec<f64>,
+}
 
 /// CPU time per message in microseconds (medians over the repetitions): this process (every
 /// thread) and the redis-server. CPU time varies far less between runs than rates do.
@@ -184,16 +188,35 @@ struct Cpu {
 }
 
 impl Series {
-    fn of(values: Vec<f64>) -> Self {
-        Series(values, Cpu::default())
+    fn of(rates: Vec<f64>) -> Self {
+        Series {
+            rates,
+            ..Series::default()
+        }
+    }
+    /// Adds one run's result from [`once`] (nothing when that side was skipped).
+    fn add(&mut self, run: Option<Run>) {
+        if let Some(run) = run {
+            self.rates.push(run.rate);
+            if let Some((client, server)) = run.cpu_us {
+                self.client_us.push(client);
+                self.server_us.push(server);
+            }
+        }
     }
     fn median(&self) -> f64 {
-        median(self.0.clone())
+        median(self.rates.clone())
     }
     fn range(&self) -> (f64, f64) {
-        let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = self.0.iter().copied().fold(0.0, f64::max);
+        let min = self.rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.rates.iter().copied().fold(0.0, f64::max);
         (min, max)
+    }
+    fn cpu(&self) -> Cpu {
+        Cpu {
+            client_us: median(self.client_us.clone()),
+            server_us: median(self.server_us.clone()),
+        }
     }
 }
 
@@ -215,7 +238,7 @@ fn report(scenario: &str, unit: &str, raw: &Series, bus: &Series, higher_is_bett
             " (lower is better)"
         }
     );
-    let (rc, bc) = (raw.1, bus.1);
+    let (rc, bc) = (raw.cpu(), bus.cpu());
     let cpu = if rc.client_us > 0.0 && bc.client_us > 0.0 {
         println!(
             "{:<34} cpu µs/msg: client raw {:.2} bus {:.2}, redis-server raw {:.2} bus {:.2}",
@@ -900,35 +923,32 @@ enum Side {
     Bus,
 }
 
-/// Runs `f` (which returns a rate in messages per second) `reps` times, recording CPU time.
-/// `EVENTBUS_BENCH_SIDE=raw|bus` skips the other side's rate scenarios (for profiling one side).
-async fn measure<F, Fut>(side: Side, reps: usize, mut f: F) -> Series
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = f64>,
-{
+/// One run of a rate scenario.
+struct Run {
+    rate: f64,
+    /// CPU time per message of this process and of the redis-server, in microseconds.
+    cpu_us: Option<(f64, f64)>,
+}
+
+/// Runs one rate scenario once (the future returns messages per second), recording CPU time.
+/// Scenarios alternate raw and eventbus runs, so a slow spell on the shared machine hits both
+/// sides. `EVENTBUS_BENCH_SIDE=raw|bus` skips the other side (for profiling one side).
+async fn once(side: Side, run: impl std::future::Future<Output = f64>) -> Option<Run> {
     let only = std::env::var("EVENTBUS_BENCH_SIDE").unwrap_or_default();
     if (only == "raw" && side == Side::Bus) || (only == "bus" && side == Side::Raw) {
-        return Series::default();
+        return None;
     }
     let server = SERVER_PID.load(Ordering::Relaxed).to_string();
-    let mut rates = Vec::with_capacity(reps);
-    let (mut client, mut redis) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        let (c0, s0, t0) = (cpu_ns("self"), cpu_ns(&server), Instant::now());
-        let rate = f().await;
-        let messages = rate * t0.elapsed().as_secs_f64();
-        if messages >= 1.0 {
-            client.push((cpu_ns("self") - c0) as f64 / 1e3 / messages);
-            redis.push((cpu_ns(&server) - s0) as f64 / 1e3 / messages);
-        }
-        rates.push(rate);
-    }
-    let cpu = Cpu {
-        client_us: median(client),
-        server_us: median(redis),
-    };
-    Series(rates, cpu)
+    let (c0, s0, t0) = (cpu_ns("self"), cpu_ns(&server), Instant::now());
+    let rate = run.await;
+    let messages = rate * t0.elapsed().as_secs_f64();
+    let cpu_us = (messages >= 1.0).then(|| {
+        (
+            (cpu_ns("self") - c0) as f64 / 1e3 / messages,
+            (cpu_ns(&server) - s0) as f64 / 1e3 / messages,
+        )
+    });
+    Some(Run { rate, cpu_us })
 }
 
 /// The redis-server the benchmark runs against, for its CPU time.
@@ -1013,21 +1033,21 @@ async fn run(c: Counts, full: bool) {
         b.envelope.len()
     );
 
-    let run_pair = async |name: &'static str, raw: Series, bus: Series| {
-        report(name, "msg/s", &raw, &bus, true);
-    };
     // EVENTBUS_BENCH_ONLY=<scenario prefix> runs one scenario (for profiling).
     let only = std::env::var("EVENTBUS_BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || name.starts_with(only.as_str());
 
     if wanted("publish_awaited") {
-        let raw = measure(Side::Raw, c.reps, || raw_awaited(&b, c.awaited)).await;
-        let bus = measure(Side::Bus, c.reps, || bus_awaited(&b, c.awaited)).await;
-        let timed = measure(Side::Raw, c.reps, || {
-            raw_awaited_with_timeout(&b, c.awaited)
-        })
-        .await;
-        run_pair("publish_awaited", raw, bus.clone()).await;
+        let (mut raw, mut bus, mut timed) = Default::default();
+        for _ in 0..c.reps {
+            Series::add(&mut raw, once(Side::Raw, raw_awaited(&b, c.awaited)).await);
+            Series::add(&mut bus, once(Side::Bus, bus_awaited(&b, c.awaited)).await);
+            Series::add(
+                &mut timed,
+                once(Side::Raw, raw_awaited_with_timeout(&b, c.awaited)).await,
+            );
+        }
+        report("publish_awaited", "msg/s", &raw, &bus, true);
         // Reference: the raw client with the same response timeout as eventbus.
         report(
             "publish_awaited_vs_raw_timeout",
@@ -1040,10 +1060,14 @@ async fn run(c: Counts, full: bool) {
     }
 
     if wanted("publish_concurrent_64") {
-        let raw = measure(Side::Raw, c.reps, || raw_pipelined(&b, c.concurrent, 64)).await;
-        let bus = measure(Side::Bus, c.reps, || bus_concurrent(&b, c.concurrent, 64)).await;
-        let tasks = measure(Side::Raw, c.reps, || raw_concurrent(&b, c.concurrent, 64)).await;
-        run_pair("publish_concurrent_64", raw, bus.clone()).await;
+        let (mut raw, mut bus, mut tasks) = Default::default();
+        for _ in 0..c.reps {
+            let n = c.concurrent;
+            Series::add(&mut raw, once(Side::Raw, raw_pipelined(&b, n, 64)).await);
+            Series::add(&mut bus, once(Side::Bus, bus_concurrent(&b, n, 64)).await);
+            Series::add(&mut tasks, once(Side::Raw, raw_concurrent(&b, n, 64)).await);
+        }
+        report("publish_concurrent_64", "msg/s", &raw, &bus, true);
         // Reference: 64 raw tasks each awaiting its own XADD.
         report(
             "publish_concurrent_64_vs_raw_tasks",
@@ -1056,10 +1080,17 @@ async fn run(c: Counts, full: bool) {
     }
 
     if wanted("publish_batch_100") {
-        let raw = measure(Side::Raw, c.reps, || raw_pipelined(&b, c.batch, 100)).await;
-        let bus = measure(Side::Bus, c.reps, || bus_batch(&b, c.batch)).await;
-        let serde = measure(Side::Raw, c.reps, || raw_pipelined_serde(&b, c.batch, 100)).await;
-        run_pair("publish_batch_100", raw, bus.clone()).await;
+        let (mut raw, mut bus, mut serde) = Default::default();
+        for _ in 0..c.reps {
+            let n = c.batch;
+            Series::add(&mut raw, once(Side::Raw, raw_pipelined(&b, n, 100)).await);
+            Series::add(&mut bus, once(Side::Bus, bus_batch(&b, n)).await);
+            Series::add(
+                &mut serde,
+                once(Side::Raw, raw_pipelined_serde(&b, n, 100)).await,
+            );
+        }
+        report("publish_batch_100", "msg/s", &raw, &bus, true);
         // Reference: the raw pipeline plus serde_json encoding of each envelope.
         report(
             "publish_batch_100_vs_raw_serde",
@@ -1072,16 +1103,22 @@ async fn run(c: Counts, full: bool) {
     }
 
     if wanted("drain_backlog") {
-        let raw = measure(Side::Raw, c.reps, || raw_drain(&b, c.backlog)).await;
-        let bus = measure(Side::Bus, c.reps, || bus_drain(&b, c.backlog)).await;
-        run_pair("drain_backlog", raw, bus).await;
+        let (mut raw, mut bus) = Default::default();
+        for _ in 0..c.reps {
+            Series::add(&mut raw, once(Side::Raw, raw_drain(&b, c.backlog)).await);
+            Series::add(&mut bus, once(Side::Bus, bus_drain(&b, c.backlog)).await);
+        }
+        report("drain_backlog", "msg/s", &raw, &bus, true);
         b.flush().await;
     }
 
     if wanted("live_end_to_end") {
-        let raw = measure(Side::Raw, c.reps, || raw_live(&b, c.live)).await;
-        let bus = measure(Side::Bus, c.reps, || bus_live(&b, c.live)).await;
-        run_pair("live_end_to_end", raw, bus).await;
+        let (mut raw, mut bus) = Default::default();
+        for _ in 0..c.reps {
+            Series::add(&mut raw, once(Side::Raw, raw_live(&b, c.live)).await);
+            Series::add(&mut bus, once(Side::Bus, bus_live(&b, c.live)).await);
+        }
+        report("live_end_to_end", "msg/s", &raw, &bus, true);
         b.flush().await;
     }
 
@@ -1108,12 +1145,13 @@ async fn run(c: Counts, full: bool) {
             raw_rates.push(raw_broadcast(&b, c.broadcast, false).await.0);
             bus_rates.push(bus_broadcast(&b, c.broadcast, false).await.0);
         }
-        run_pair(
+        report(
             "broadcast_end_to_end",
-            Series::of(raw_rates),
-            Series::of(bus_rates),
-        )
-        .await;
+            "msg/s",
+            &Series::of(raw_rates),
+            &Series::of(bus_rates),
+            true,
+        );
         let n = c.latency_secs * 1000;
         let (mut raw, mut bus) = (Percentiles::default(), Percentiles::default());
         for _ in 0..c.reps {
