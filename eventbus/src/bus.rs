@@ -64,6 +64,37 @@ pub(crate) struct Publisher {
     max_payload: usize,
 }
 
+/// The retry schedule of one publish: transient errors are retried, with the same ids, after
+/// 50 ms, 100 ms, 200 ms, up to [`PUBLISH_ATTEMPTS`] attempts in all.
+struct Retry {
+    attempt: u32,
+    delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempt: 1,
+            delay: Duration::from_millis(50),
+        }
+    }
+}
+
+impl Retry {
+    /// Waits before the next attempt and returns true when `error` is worth retrying and
+    /// attempts are left; false (at once) otherwise.
+    async fn wait(&mut self, event: &'static str, error: &redis::RedisError) -> bool {
+        if self.attempt >= PUBLISH_ATTEMPTS || !crate::error::is_transient(error) {
+            return false;
+        }
+        tracing::debug!(event_name = event, error = %error, attempt = self.attempt, "publish failed; retrying");
+        tokio::time::sleep(self.delay).await;
+        self.delay *= 2;
+        self.attempt += 1;
+        true
+    }
+}
+
 /// Room reserved for one envelope in a new command; larger ones grow the buffer.
 const ENVELOPE_SIZE_HINT: usize = 512;
 
@@ -132,18 +163,12 @@ impl Publisher {
         let head = envelope::Head::new::<E>(&self.source, meta);
         let time = SystemTime::now();
         let id = EventId::at(time);
-        let mut delay = Duration::from_millis(50);
-        let mut attempt = 1;
+        let mut retry = Retry::default();
         loop {
             let cmd = self.command(&key, &head, &id, time, event)?;
             match self.coalescer.query(cmd).await {
                 Ok(_) => return Ok(id),
-                Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
-                    tracing::debug!(event_name = E::NAME, error = %e, attempt, "publish failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
+                Err(e) if retry.wait(E::NAME, &e).await => {}
                 Err(e) => return Err(Error::redis_key(Self::command_name::<E>(), &key)(e)),
             }
         }
@@ -173,17 +198,11 @@ impl Publisher {
         // Transient connection errors resend the same pipeline (same ids), so a retry after a
         // lost reply may store an event twice, both copies carrying one id.
         let mut conn = self.conn.clone();
-        let mut delay = Duration::from_millis(50);
-        let mut attempt = 1;
+        let mut retry = Retry::default();
         loop {
             match pipe.query_async::<redis::Value>(&mut conn).await {
                 Ok(_) => return Ok(ids),
-                Err(e) if attempt < PUBLISH_ATTEMPTS && crate::error::is_transient(&e) => {
-                    tracing::debug!(event_name = E::NAME, error = %e, attempt, "publish failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
+                Err(e) if retry.wait(E::NAME, &e).await => {}
                 Err(e) => return Err(Error::redis_key(Self::command_name::<E>(), &key)(e)),
             }
         }
