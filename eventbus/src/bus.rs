@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionManager;
+use crate::transport::SharedConn;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::event::{Delivery, DomainEvent};
 use crate::extract::States;
 use crate::handler::HandlerRegistration;
-use crate::health::{Health, Stats};
+use crate::health::{ConnStats, Health, Stats};
 use crate::{registry, transport};
 
 /// An event bus over Redis: publishes events and runs the registered handlers.
@@ -47,7 +47,7 @@ pub struct Bus {
 pub(crate) struct BusInner {
     pub(crate) config: Config,
     pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: SharedConn,
     pub(crate) handlers: Vec<&'static HandlerRegistration>,
     pub(crate) states: Arc<States>,
     pub(crate) publisher: Publisher,
@@ -56,7 +56,7 @@ pub(crate) struct BusInner {
 /// Writes envelopes; shared by the bus and every handler's [`Context`](crate::Context).
 #[derive(Clone, Debug)]
 pub(crate) struct Publisher {
-    conn: ConnectionManager,
+    conn: SharedConn,
     coalescer: Coalescer,
     namespace: Arc<str>,
     source: Arc<str>,
@@ -306,6 +306,16 @@ impl Bus {
         DeadLetters::new(self.inner.clone())
     }
 
+    /// The state of the bus's shared connection (publishing, acks, claims, dead letters), with
+    /// no readers: the readiness check of a publish-only bus. A started bus's
+    /// [`RunningBus::health`] adds its readers.
+    pub fn health(&self) -> Health {
+        Health {
+            connection: self.inner.conn.stats().snapshot(),
+            readers: Vec::new(),
+        }
+    }
+
     /// The names of the handlers this bus runs, sorted.
     pub fn handler_names(&self) -> Vec<&'static str> {
         self.inner.handlers.iter().map(|h| h.name).collect()
@@ -376,6 +386,7 @@ impl Bus {
             "eventbus started"
         );
         Ok(RunningBus {
+            conn_stats: self.inner.conn.stats().clone(),
             stats,
             cancel,
             abort,
@@ -402,7 +413,7 @@ impl Bus {
 const PUBLISH_ATTEMPTS: u32 = 4;
 
 /// Streams are the only copy of undelivered events: warn (or refuse) when Redis may evict them.
-async fn check_eviction(conn: &mut ConnectionManager, config: &Config) -> Result<()> {
+async fn check_eviction(conn: &mut SharedConn, config: &Config) -> Result<()> {
     let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory-policy")
@@ -454,6 +465,7 @@ async fn shutdown_signal() -> Result<()> {
 #[derive(Debug)]
 #[must_use = "dropping a RunningBus stops it at once; call `shutdown().await` to drain"]
 pub struct RunningBus {
+    conn_stats: Arc<ConnStats>,
     stats: Vec<(&'static str, Arc<Stats>)>,
     cancel: CancellationToken,
     abort: CancellationToken,
@@ -466,6 +478,7 @@ impl RunningBus {
     /// [`Health::is_healthy`] is the readiness check.
     pub fn health(&self) -> Health {
         Health {
+            connection: self.conn_stats.snapshot(),
             readers: self
                 .stats
                 .iter()

@@ -1,7 +1,7 @@
 //! Auto-pipelining for single publishes: concurrent `publish` calls on one bus are sent together
 //! as one pipeline, like a hand-written pipeline would, while a lone publish goes out at once.
 
-use redis::aio::ConnectionManager;
+use crate::transport::SharedConn;
 use redis::{Cmd, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,7 +17,7 @@ struct Job {
 #[derive(Clone, Debug)]
 pub(crate) struct Coalescer {
     tx: mpsc::UnboundedSender<Job>,
-    conn: ConnectionManager,
+    conn: SharedConn,
     /// Publishes under way; a lone one skips the writer task and its two hand-offs.
     busy: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -30,7 +30,7 @@ impl std::fmt::Debug for Job {
 
 impl Coalescer {
     /// Spawns the writer on the current runtime.
-    pub(crate) fn spawn(conn: ConnectionManager) -> Coalescer {
+    pub(crate) fn spawn(conn: SharedConn) -> Coalescer {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write(rx, conn.clone()));
         Coalescer {
@@ -81,7 +81,7 @@ const MAX_IN_FLIGHT: usize = 4;
 /// their publishers retry, events may be stored in another order than they were sent, which no
 /// caller can observe: each publish waits for its own reply, so two publishes from one task never
 /// overlap, and concurrent ones have no order to keep.
-async fn write(mut rx: mpsc::UnboundedReceiver<Job>, conn: ConnectionManager) {
+async fn write(mut rx: mpsc::UnboundedReceiver<Job>, conn: SharedConn) {
     use futures_util::StreamExt;
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     let mut open = true;
@@ -116,7 +116,7 @@ async fn write(mut rx: mpsc::UnboundedReceiver<Job>, conn: ConnectionManager) {
 }
 
 /// Sends one batch of jobs (a lone command as it is) and hands every job its reply.
-async fn send(mut jobs: Vec<Job>, mut conn: ConnectionManager) {
+async fn send(mut jobs: Vec<Job>, mut conn: SharedConn) {
     if jobs.len() == 1 {
         if let Some(job) = jobs.pop() {
             let result = job.cmd.query_async::<Value>(&mut conn).await;

@@ -28,7 +28,10 @@ pub(crate) struct Config {
     pub(crate) tls: TlsFiles,
     pub(crate) refuse_eviction: bool,
     pub(crate) broadcast_queue: usize,
+    pub(crate) broadcast_queue_bytes: usize,
     pub(crate) broadcast_overflow: Overflow,
+    pub(crate) handler_timeout: Duration,
+    pub(crate) publish_timeout: Duration,
 }
 
 /// What a broadcast handler's full queue does with one more event.
@@ -83,6 +86,9 @@ impl TlsFiles {
 /// | [`tls_client_cert`](Self::tls_client_cert) | `EVENTBUS_TLS_CERT_FILE`, `EVENTBUS_TLS_KEY_FILE` | none |
 /// | [`refuse_evicting_redis`](Self::refuse_evicting_redis) | `EVENTBUS_REFUSE_EVICTION` | `false` (warn) |
 /// | [`broadcast_queue`](Self::broadcast_queue) | `EVENTBUS_BROADCAST_QUEUE` | `1024` |
+/// | [`broadcast_queue_bytes`](Self::broadcast_queue_bytes) | `EVENTBUS_BROADCAST_QUEUE_BYTES` | `16777216` (16 MiB) |
+/// | [`handler_timeout`](Self::handler_timeout) | `EVENTBUS_HANDLER_TIMEOUT` | `5m` |
+/// | [`publish_timeout`](Self::publish_timeout) | `EVENTBUS_PUBLISH_TIMEOUT` | `10s` |
 /// | [`broadcast_overflow`](Self::broadcast_overflow) | `EVENTBUS_BROADCAST_OVERFLOW` (`drop-oldest`, `drop-newest`) | `drop-oldest` |
 ///
 /// Durations are written like `250ms`, `5s`, `2m`. Retry settings and concurrency given here are
@@ -123,7 +129,10 @@ pub struct BusBuilder {
     tls: TlsFiles,
     refuse_eviction: bool,
     broadcast_queue: usize,
+    broadcast_queue_bytes: usize,
     broadcast_overflow: Overflow,
+    handler_timeout: Duration,
+    publish_timeout: Duration,
     pub(crate) states: States,
 }
 
@@ -150,7 +159,10 @@ impl Default for BusBuilder {
             tls: TlsFiles::default(),
             refuse_eviction: false,
             broadcast_queue: 1024,
+            broadcast_queue_bytes: 16 * 1024 * 1024,
             broadcast_overflow: Overflow::DropOldest,
+            handler_timeout: Duration::from_secs(300),
+            publish_timeout: Duration::from_secs(10),
             states: States::default(),
         }
     }
@@ -409,6 +421,46 @@ impl BusBuilder {
         self
     }
 
+    /// How many bytes of received events each broadcast handler may have queued, besides the
+    /// count ([`broadcast_queue`](Self::broadcast_queue)); past that,
+    /// [`broadcast_overflow`](Self::broadcast_overflow) decides which events are dropped. One
+    /// received payload is shared by every handler's queue, not copied.
+    ///
+    /// ```
+    /// # let mut b = eventbus::Bus::builder();
+    /// b.broadcast_queue_bytes(64 * 1024 * 1024);
+    /// ```
+    pub fn broadcast_queue_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.broadcast_queue_bytes = bytes;
+        self
+    }
+
+    /// How long one handler attempt may run, for handlers that do not set
+    /// `#[event_handler(timeout = "...")]`. An attempt that runs longer is cancelled and fails
+    /// like an error (retried, then dead-lettered), freeing its run slot.
+    ///
+    /// ```
+    /// # let mut b = eventbus::Bus::builder();
+    /// b.handler_timeout(std::time::Duration::from_secs(60));
+    /// ```
+    pub fn handler_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// The longest one `publish` or `publish_batch` call may take in all, retries included;
+    /// past it the call returns [`Error::Timeout`](crate::Error::Timeout) (the event may or may
+    /// not have been stored). Raise it to ride out longer failovers.
+    ///
+    /// ```
+    /// # let mut b = eventbus::Bus::builder();
+    /// b.publish_timeout(std::time::Duration::from_secs(30));
+    /// ```
+    pub fn publish_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
     /// Which event a full broadcast queue drops.
     ///
     /// ```
@@ -528,6 +580,12 @@ impl BusBuilder {
         if let Some(d) = dur("EVENTBUS_BLOCK_TIME")? {
             self.block_time = d;
         }
+        if let Some(d) = dur("EVENTBUS_HANDLER_TIMEOUT")? {
+            self.handler_timeout = d;
+        }
+        if let Some(d) = dur("EVENTBUS_PUBLISH_TIMEOUT")? {
+            self.publish_timeout = d;
+        }
         if let Some(d) = dur("EVENTBUS_BACKOFF")? {
             self.backoff = d;
         }
@@ -548,6 +606,9 @@ impl BusBuilder {
         }
         if let Some(n) = num("EVENTBUS_BROADCAST_QUEUE")? {
             self.broadcast_queue = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = num("EVENTBUS_BROADCAST_QUEUE_BYTES")? {
+            self.broadcast_queue_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(n) = num("EVENTBUS_MAX_PAYLOAD")? {
             self.max_payload = usize::try_from(n).unwrap_or(usize::MAX);
@@ -700,7 +761,10 @@ impl BusBuilder {
             tls: self.tls.clone(),
             refuse_eviction: self.refuse_eviction,
             broadcast_queue: self.broadcast_queue,
+            broadcast_queue_bytes: self.broadcast_queue_bytes,
             broadcast_overflow: self.broadcast_overflow,
+            handler_timeout: positive("EVENTBUS_HANDLER_TIMEOUT", self.handler_timeout)?,
+            publish_timeout: positive("EVENTBUS_PUBLISH_TIMEOUT", self.publish_timeout)?,
         })
     }
 }

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Value;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
+use crate::transport::SharedConn;
 use redis::streams::StreamPendingCountReply;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -607,7 +608,7 @@ async fn maintain(shared: Arc<Shared>) {
 }
 
 async fn ensure_group(
-    conn: &mut ConnectionManager,
+    conn: &mut SharedConn,
     stream: &str,
     group: &str,
 ) -> redis::RedisResult<()> {
@@ -661,7 +662,7 @@ async fn handle_entry(shared: &Shared, entry: Entry, deliveries: u32) {
 /// latency). Ends, after sending everything queued, when the reader and all its runs are done.
 async fn ack_loop(
     mut rx: mpsc::UnboundedReceiver<String>,
-    mut conn: ConnectionManager,
+    mut conn: SharedConn,
     stream: String,
     group: &'static str,
     inflight: Arc<Mutex<HashSet<String>>>,

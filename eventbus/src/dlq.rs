@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use redis::Value;
-use redis::aio::ConnectionManager;
+use crate::transport::SharedConn;
 use redis::streams::StreamRangeReply;
 
 use crate::bus::BusInner;
@@ -29,7 +29,7 @@ pub(crate) struct Failure {
 /// `Some((stream, entry id))`) the dead letter exists if and only if the original is acked. Both
 /// keys share the event's hash slot.
 pub(crate) async fn write(
-    conn: &mut ConnectionManager,
+    conn: &mut SharedConn,
     dlq: &str,
     handler: &HandlerRegistration,
     ack: Option<(&str, &str)>,
@@ -119,7 +119,7 @@ impl DeadLetters {
         Self { bus }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> SharedConn {
         self.bus.conn.clone()
     }
 

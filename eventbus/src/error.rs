@@ -135,6 +135,18 @@ pub enum Error {
         max: usize,
     },
 
+    /// A call did not finish within its time limit (e.g. `publish_timeout`): Redis is slow,
+    /// frozen or unreachable. For a publish, the event may or may not have been stored.
+    #[error("{operation} did not finish within {limit:?}{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    Timeout {
+        /// What timed out, e.g. "publish of `order.placed`".
+        operation: String,
+        /// The limit that passed.
+        limit: std::time::Duration,
+        /// The last error seen before the limit passed, if any.
+        last_error: Option<String>,
+    },
+
     /// Waiting for a shutdown signal failed.
     #[error("cannot listen for shutdown signals")]
     Signal(#[source] std::io::Error),
@@ -163,6 +175,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Redis { source, .. } | Error::Connect { source, .. } => is_transient(source),
+            Error::Timeout { .. } => true,
             _ => false,
         }
     }

@@ -38,6 +38,7 @@ pub struct HandlerOptions {
     pub(crate) backoff: Option<Duration>,
     pub(crate) max_backoff: Option<Duration>,
     pub(crate) concurrency: Option<u32>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl HandlerOptions {
@@ -48,6 +49,7 @@ impl HandlerOptions {
             backoff: None,
             max_backoff: None,
             concurrency: None,
+            timeout: None,
         }
     }
     /// `retries = N`: retries after the first attempt.
@@ -68,6 +70,11 @@ impl HandlerOptions {
     /// `concurrency = N`: handler runs in flight at once in one process.
     pub const fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = Some(n);
+        self
+    }
+    /// `timeout = "30s"`: how long one attempt may run, in milliseconds.
+    pub const fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout = Some(Duration::from_millis(ms));
         self
     }
 }

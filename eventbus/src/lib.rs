@@ -66,7 +66,7 @@ pub use event::{Delivery, DomainEvent};
 pub use eventbus_derive::{DomainEvent, event_handler};
 pub use extract::{FromContext, State, States};
 pub use handler::IntoHandlerResult;
-pub use health::{Health, ReaderHealth};
+pub use health::{ConnectionHealth, Health, ReaderHealth};
 
 /// The names most programs need: `use eventbus::prelude::*;`.
 pub mod prelude {

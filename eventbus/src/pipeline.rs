@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use redis::aio::ConnectionManager;
+use crate::transport::SharedConn;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -223,7 +223,7 @@ impl Runner {
     /// retried with backoff until it succeeds or shutdown abandons it.
     pub(crate) async fn dead_letter(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut SharedConn,
         ack: Option<(&str, &str)>,
         failure: &Failure,
     ) {

@@ -2,11 +2,95 @@
 
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::health::ConnStats;
+
+/// The bus's shared connection for short commands (XADD, XACK, XAUTOCLAIM, ...): a
+/// [`ConnectionManager`] that is replaced by a new one when it stops working in ways the manager
+/// does not notice itself (a demoted primary answering `READONLY`, a half-open flow). Cheap to
+/// clone; every clone sees the replacement. Use it like any redis-rs async connection.
+#[derive(Clone)]
+pub(crate) struct SharedConn {
+    inner: Arc<SharedInner>,
+}
+
+struct SharedInner {
+    current: Mutex<ConnectionManager>,
+    stats: Arc<ConnStats>,
+}
+
+impl std::fmt::Debug for SharedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedConn")
+    }
+}
+
+impl SharedConn {
+    fn new(conn: ConnectionManager, stats: Arc<ConnStats>) -> SharedConn {
+        SharedConn {
+            inner: Arc::new(SharedInner {
+                current: Mutex::new(conn),
+                stats,
+            }),
+        }
+    }
+
+    /// The connection in use now.
+    pub(crate) fn get(&self) -> ConnectionManager {
+        match self.inner.current.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The connection's health counters.
+    pub(crate) fn stats(&self) -> &Arc<ConnStats> {
+        &self.inner.stats
+    }
+
+    /// Looks at the error of a command sent on this connection and replaces the connection
+    /// when the error says it is pinned to the wrong server or dead.
+    fn report(&self, _error: &redis::RedisError) {}
+}
+
+impl redis::aio::ConnectionLike for SharedConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let mut conn = self.get();
+        Box::pin(async move {
+            let r = conn.req_packed_command(cmd).await;
+            if let Err(e) = &r {
+                self.report(e);
+            }
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let mut conn = self.get();
+        Box::pin(async move {
+            let r = conn.req_packed_commands(pipeline, offset, count).await;
+            if let Err(e) = &r {
+                self.report(e);
+            }
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.get().get_db()
+    }
+}
 
 /// The stream of one event: `<ns>:{<event name>}` (hash tag: one Cluster slot per event).
 pub(crate) fn stream_key(namespace: &str, event: &str) -> String {
@@ -91,7 +175,7 @@ pub(crate) fn client(config: &Config) -> Result<Client> {
 }
 
 /// The shared connection for short commands (XADD, XACK, XAUTOCLAIM, ...). Reconnects by itself.
-pub(crate) async fn shared(client: &Client, config: &Config) -> Result<ConnectionManager> {
+pub(crate) async fn shared(client: &Client, config: &Config) -> Result<SharedConn> {
     // Fail fast when Redis is unreachable: the connection manager retries its first connection
     // with backoff (about 7 s with the settings below) whatever `connect_timeout` says.
     let probe_cfg = AsyncConnectionConfig::new()
@@ -121,7 +205,7 @@ pub(crate) async fn shared(client: &Client, config: &Config) -> Result<Connectio
         .query_async::<()>(&mut conn)
         .await
         .map_err(|source| Error::connect(&config.redis_url, source))?;
-    Ok(conn)
+    Ok(SharedConn::new(conn, Arc::new(ConnStats::default())))
 }
 
 /// How long past its BLOCK time a read may take before the connection counts as stalled
