@@ -102,6 +102,20 @@ pub(crate) fn dlq_key(namespace: &str, event: &str) -> String {
     format!("{namespace}:{{{event}}}:dlq")
 }
 
+/// The charged attempts of one event's entries, per handler: `<ns>:{<event name>}:attempts`, in
+/// the stream's slot. A hash of [`attempts_field`] → attempts charged so far (failed attempts,
+/// and crashes caused while running alone). Written only on failure and redelivery paths, and
+/// deleted when the entry is acked or dead-lettered.
+pub(crate) fn attempts_key(namespace: &str, event: &str) -> String {
+    format!("{namespace}:{{{event}}}:attempts")
+}
+
+/// The field of one entry of one handler (consumer group) in [`attempts_key`]:
+/// `<entry id> <handler>` (handler names hold no whitespace).
+pub(crate) fn attempts_field(group: &str, entry_id: &str) -> String {
+    format!("{entry_id} {group}")
+}
+
 /// The event name in a dead-letter key, if it is one.
 pub(crate) fn event_of_dlq_key<'a>(namespace: &str, key: &'a str) -> Option<&'a str> {
     key.strip_prefix(namespace)?
