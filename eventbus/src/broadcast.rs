@@ -90,7 +90,13 @@ impl Subscriber {
         let mut routes: HashMap<String, Vec<Arc<Lane>>> = HashMap::new();
         let mut lanes = Vec::new();
         for handler in handlers {
-            let runner = Arc::new(Runner::new(bus.clone(), handler, abort.clone()));
+            // Broadcast queues drain at shutdown (nothing would redeliver them): no cancel token.
+            let runner = Arc::new(Runner::new(
+                bus.clone(),
+                handler,
+                CancellationToken::new(),
+                abort.clone(),
+            ));
             let queue = Arc::new(Queue {
                 items: Mutex::new(VecDeque::new()),
                 notify: Notify::new(),
@@ -342,7 +348,7 @@ async fn work(
                 Outcome::DeadLetter(failure) => {
                     lane.runner.dead_letter(&mut conn, None, &failure).await
                 }
-                Outcome::Skip | Outcome::Lost | Outcome::Abandoned => {}
+                Outcome::Skip | Outcome::Lost | Outcome::Abandoned | Outcome::Released => {}
             }
             drop(permit);
         });
