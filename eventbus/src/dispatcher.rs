@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::transport::SharedConn;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
-use crate::transport::SharedConn;
 use redis::streams::StreamPendingCountReply;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -19,8 +19,8 @@ use crate::dlq::Failure;
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::handler::HandlerRegistration;
-use crate::health::Stats;
 use crate::health::Path;
+use crate::health::Stats;
 use crate::pipeline::{Charges, Marks, Outcome, Runner};
 use crate::transport;
 
@@ -470,10 +470,7 @@ impl Shared {
     /// Which of `entries` are pending for this consumer (`None` when XPENDING failed), and the
     /// attempts charged to each (`HMGET` on the attempts hash; 0 when unknown). One round trip,
     /// on the redelivery path only.
-    async fn pending_and_charged(
-        &self,
-        entries: &[Entry],
-    ) -> (Option<HashSet<String>>, Vec<u32>) {
+    async fn pending_and_charged(&self, entries: &[Entry]) -> (Option<HashSet<String>>, Vec<u32>) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return (Some(HashSet::new()), Vec::new());
         };
@@ -702,7 +699,10 @@ impl Shared {
     ) {
         // One lock for the whole batch: the entries not running here yet.
         let fresh: Vec<bool> = match self.inflight.lock() {
-            Ok(mut s) => entries.iter().map(|(e, _)| s.insert(e.id.clone())).collect(),
+            Ok(mut s) => entries
+                .iter()
+                .map(|(e, _)| s.insert(e.id.clone()))
+                .collect(),
             Err(_) => vec![true; entries.len()],
         };
         let slots = if suspect {
@@ -815,11 +815,7 @@ async fn maintain(shared: Arc<Shared>) {
     }
 }
 
-async fn ensure_group(
-    conn: &mut SharedConn,
-    stream: &str,
-    group: &str,
-) -> redis::RedisResult<()> {
+async fn ensure_group(conn: &mut SharedConn, stream: &str, group: &str) -> redis::RedisResult<()> {
     let r = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -975,7 +971,11 @@ async fn ack_loop(
                 tracing::warn!(handler = group, error = %e, entries = batch.len(), "cannot ack yet; retrying until Redis answers (no new entries are taken meanwhile)");
             }
             if abort.is_cancelled() {
-                tracing::warn!(handler = group, entries = batch.len(), "shutdown before these acks landed; the events will be delivered again");
+                tracing::warn!(
+                    handler = group,
+                    entries = batch.len(),
+                    "shutdown before these acks landed; the events will be delivered again"
+                );
                 break;
             }
             tokio::select! {

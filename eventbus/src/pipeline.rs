@@ -110,7 +110,10 @@ impl Runner {
                 .max(backoff),
         };
         Runner {
-            timeout: handler.options.timeout.unwrap_or(bus.config.handler_timeout),
+            timeout: handler
+                .options
+                .timeout
+                .unwrap_or(bus.config.handler_timeout),
             cancel,
             dlq: transport::dlq_key(&bus.config.namespace, handler.event_name),
             policy,
@@ -371,8 +374,10 @@ impl Runner {
                 }
                 Err(e) => {
                     Stats::add(&self.stats.dead_letter_errors, 1);
-                    self.stats
-                        .set(Path::DeadLetter, Some(format!("cannot write dead letter: {e}")));
+                    self.stats.set(
+                        Path::DeadLetter,
+                        Some(format!("cannot write dead letter: {e}")),
+                    );
                     tracing::error!(
                         handler = self.handler.name,
                         dlq = %self.dlq,
