@@ -752,8 +752,8 @@ impl Shared {
     }
 }
 
-/// The pseudo-consumer that holds entries handed back at shutdown, until a live consumer takes
-/// them (never a real consumer's name: those have no `:`-free `eventbus.` prefix).
+/// The pseudo-consumer that holds entries handed back at shutdown until a live consumer takes
+/// them. No reader ever reads under this name, so nothing it holds is ever started by it.
 const HANDBACK_CONSUMER: &str = "eventbus.handed-back";
 /// The idle time given to handed-back entries: far past any visibility timeout.
 const HANDBACK_IDLE_MS: u64 = 1_000_000_000;
