@@ -888,7 +888,7 @@ async fn handle_entry(
         }
         Outcome::DeadLetter(failure) => {
             let mut conn = shared.bus.conn.clone();
-            let ack = Some((shared.stream.as_str(), entry.id.as_str()));
+            let ack = Some(entry.id.as_str());
             shared.runner.dead_letter(&mut conn, ack, &failure).await;
         }
         Outcome::Released => {

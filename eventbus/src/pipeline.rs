@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::bus::BusInner;
 use crate::context::{Context, Delivery};
-use crate::dlq::{self, Failure};
+use crate::dlq::{self, DlqKeys, Failure, Written};
 use crate::envelope::{self, EventId};
 use crate::handler::HandlerRegistration;
 use crate::health::{Path, Stats};
@@ -80,7 +80,7 @@ pub(crate) struct Runner {
     pub(crate) bus: Arc<BusInner>,
     pub(crate) handler: &'static HandlerRegistration,
     pub(crate) policy: RetryPolicy,
-    pub(crate) dlq: String,
+    pub(crate) keys: DlqKeys,
     pub(crate) stats: Arc<Stats>,
     /// The start of a graceful shutdown: no new attempt starts.
     pub(crate) cancel: CancellationToken,
@@ -115,7 +115,7 @@ impl Runner {
                 .timeout
                 .unwrap_or(bus.config.handler_timeout),
             cancel,
-            dlq: transport::dlq_key(&bus.config.namespace, handler.event_name),
+            keys: DlqKeys::new(&bus.config.namespace, handler.event_name),
             policy,
             stats: Arc::new(Stats::default()),
             bus,
@@ -353,7 +353,7 @@ impl Runner {
     pub(crate) async fn dead_letter(
         &self,
         conn: &mut SharedConn,
-        ack: Option<(&str, &str)>,
+        ack: Option<&str>,
         failure: &Failure,
     ) {
         tracing::error!(
@@ -366,9 +366,17 @@ impl Runner {
         );
         let mut delay = Duration::from_millis(100);
         loop {
-            match dlq::write(conn, &self.dlq, self.handler, ack, failure).await {
-                Ok(()) => {
+            match dlq::write_letter(conn, &self.keys, self.handler, ack, failure).await {
+                Ok(Written::Letter) => {
                     Stats::add(&self.stats.dead_lettered, 1);
+                    self.stats.clear(Path::DeadLetter);
+                    return;
+                }
+                Ok(Written::AlreadySettled) => {
+                    tracing::info!(
+                        handler = self.handler.name,
+                        "the entry was already settled (acked or dead-lettered elsewhere, or by an earlier try whose reply was lost): no second dead letter"
+                    );
                     self.stats.clear(Path::DeadLetter);
                     return;
                 }
@@ -380,7 +388,7 @@ impl Runner {
                     );
                     tracing::error!(
                         handler = self.handler.name,
-                        dlq = %self.dlq,
+                        dlq = %self.keys.dlq,
                         error = %e,
                         retry_in = ?delay,
                         "cannot write dead letter; the event stays pending (not acked) and the write is retried"
