@@ -313,29 +313,9 @@ impl Shared {
     /// so per-process consumer names do not pile up in the group. A consumer that still has
     /// pending entries (an ack that did not land) stays, so they can be claimed.
     async fn leave_group(&self) {
+        // ops: one server-side step, removes the consumer only when it has nothing pending.
         let mut conn = self.bus.conn.clone();
-        let pending: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
-            .arg(&self.stream)
-            .arg(self.handler.name)
-            .arg("-")
-            .arg("+")
-            .arg(1)
-            .arg(&self.consumer)
-            .query_async(&mut conn)
-            .await;
-        if !matches!(pending, Ok(ref p) if p.ids.is_empty()) {
-            return;
-        }
-        let r = redis::cmd("XGROUP")
-            .arg("DELCONSUMER")
-            .arg(&self.stream)
-            .arg(self.handler.name)
-            .arg(&self.consumer)
-            .query_async::<i64>(&mut conn)
-            .await;
-        if let Err(e) = r {
-            tracing::debug!(handler = self.handler.name, error = %e, "cannot remove the consumer from its group");
-        }
+        let _ = crate::stream_checks::leave_group(&mut conn, &self.stream, self.handler.name, &self.consumer).await;
     }
 
     /// How many entries this reader may hold at once (plus a page of claims): the count for
@@ -574,6 +554,7 @@ async fn maintain(shared: Arc<Shared>) {
     let lease_interval = (config.visibility_timeout / 3).max(Duration::from_millis(10));
     let mut next_lease = Instant::now() + lease_interval;
     let mut next_claim = Instant::now();
+    let mut trim_watch = crate::stream_checks::TrimWatch::default(); // ops: trimmed before read
     loop {
         let now = Instant::now();
         if now >= next_lease {
@@ -581,6 +562,8 @@ async fn maintain(shared: Arc<Shared>) {
             next_lease = Instant::now() + lease_interval;
         }
         if now >= next_claim && !shared.cancel.is_cancelled() {
+            // ops: entries trimmed before this group read them (health `trimmed_unread`).
+            crate::stream_checks::check_trimmed(&mut shared.bus.conn.clone(), &shared.stream, shared.handler.name, &mut trim_watch, &shared.stats).await;
             if let Err(e) = shared.claim_abandoned().await {
                 Stats::add(&shared.stats.claim_errors, 1);
                 tracing::warn!(handler = shared.handler.name, error = %e, "claiming abandoned entries failed");
