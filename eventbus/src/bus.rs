@@ -232,6 +232,7 @@ impl Bus {
         let client = transport::client(&config)?;
         let mut conn = transport::shared(&client, &config).await?;
         check_eviction(&mut conn, &config).await?;
+        crate::preflight::check_permissions(&mut conn, &config, &handlers).await?; // ops: ACL DRYRUN
         let publisher = Publisher {
             coalescer: Coalescer::spawn(conn.clone()),
             conn: conn.clone(),

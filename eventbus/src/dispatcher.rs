@@ -335,29 +335,15 @@ impl Shared {
     /// so per-process consumer names do not pile up in the group. A consumer that still has
     /// pending entries (an ack that did not land) stays, so they can be claimed.
     async fn leave_group(&self) {
+        // ops: one server-side step, removes the consumer only when it has nothing pending.
         let mut conn = self.bus.conn.clone();
-        let pending: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
-            .arg(&self.stream)
-            .arg(self.handler.name)
-            .arg("-")
-            .arg("+")
-            .arg(1)
-            .arg(&self.consumer)
-            .query_async(&mut conn)
-            .await;
-        if !matches!(pending, Ok(ref p) if p.ids.is_empty()) {
-            return;
-        }
-        let r = redis::cmd("XGROUP")
-            .arg("DELCONSUMER")
-            .arg(&self.stream)
-            .arg(self.handler.name)
-            .arg(&self.consumer)
-            .query_async::<i64>(&mut conn)
-            .await;
-        if let Err(e) = r {
-            tracing::debug!(handler = self.handler.name, error = %e, "cannot remove the consumer from its group");
-        }
+        let _ = crate::stream_checks::leave_group(
+            &mut conn,
+            &self.stream,
+            self.handler.name,
+            &self.consumer,
+        )
+        .await;
     }
 
     /// Counts and reports a failed claim (of a silent consumer's or handed-back entries).
@@ -773,6 +759,7 @@ async fn maintain(shared: Arc<Shared>) {
     // consumers' entries: they are known not to have started, and take one XPENDING to find.
     let takeover_interval = config.claim_interval.min(Duration::from_millis(500));
     let mut next_takeover = Instant::now();
+    let mut trim_watch = crate::stream_checks::TrimWatch::default();
     loop {
         let now = Instant::now();
         if now >= next_lease {
@@ -786,6 +773,15 @@ async fn maintain(shared: Arc<Shared>) {
             next_takeover = Instant::now() + takeover_interval;
         }
         if now >= next_claim && !shared.cancel.is_cancelled() {
+            // Entries trimmed before this group read them (health `trimmed_unread`).
+            crate::stream_checks::check_trimmed(
+                &mut shared.bus.conn.clone(),
+                &shared.stream,
+                shared.handler.name,
+                &mut trim_watch,
+                &shared.stats,
+            )
+            .await;
             match shared.claim_abandoned().await {
                 Ok(()) => shared.stats.clear(Path::Claim),
                 Err(e) => shared.claim_failed(&e),

@@ -78,6 +78,7 @@ impl Delivery {
 pub struct EventRegistration {
     pub(crate) name: &'static str,
     pub(crate) type_name: fn() -> &'static str,
+    pub(crate) delivery: Delivery,
 }
 
 impl EventRegistration {
@@ -86,6 +87,7 @@ impl EventRegistration {
         Self {
             name: E::NAME,
             type_name: core::any::type_name::<E>,
+            delivery: E::DELIVERY,
         }
     }
 }

@@ -45,8 +45,10 @@ mod extract;
 mod handler;
 mod health;
 mod pipeline;
+mod preflight;
 mod registry;
 mod retry;
+mod stream_checks;
 mod transport;
 
 #[doc(hidden)]

@@ -205,11 +205,12 @@ async fn the_eviction_check_is_skipped_when_config_is_denied() {
 
 /// The ACL rules a service needs besides its key pattern `~<namespace>:*`, found by running a
 /// whole service under them and taking each one away in turn (each is needed by some step of
-/// `a_namespace_limited_acl_user_runs_a_whole_service`). `+client|id +client|unblock` (to cut
-/// a blocked read short at shutdown), `+config|get` (the eviction check) and
-/// `+xgroup|delconsumer` (leaving the group after a clean drain) are optional: without
-/// them the service runs, Redis logs the denials. `+@stream` is a simpler superset of the
-/// stream commands.
+/// `a_namespace_limited_acl_user_runs_a_whole_service`, or by the start-up check).
+/// `+acl|whoami +acl|dryrun` let `build()` check every other permission up front (`ACL DRYRUN`);
+/// `+client|id +client|unblock` (to cut a blocked read at shutdown), `+config|get` (the eviction
+/// check) and `+xgroup|delconsumer` (leaving the group after a clean drain) are optional: without
+/// them the service runs, Redis logs the denials. `+@stream` is a simpler superset of the stream
+/// commands. A broadcast service also needs `&<namespace>:* +publish +subscribe`.
 const SERVICE_RULES: &[&str] = &[
     "resetchannels",
     "-@all",
@@ -220,9 +221,17 @@ const SERVICE_RULES: &[&str] = &[
     "+xclaim",
     "+xpending",
     "+xgroup|create",
+    "+xinfo|groups",
+    "+xinfo|stream",
     "+xrange",
     "+xdel",
     "+xlen",
+    "+hincrby",
+    "+hget",
+    "+hmget",
+    "+hdel",
+    "+evalsha",
+    "+eval",
     "+ping",
     "+multi",
     "+exec",
@@ -232,17 +241,40 @@ const SERVICE_RULES: &[&str] = &[
     "+hdel",
     "+scan",
     "+del",
+    "+acl|whoami",
+    "+acl|dryrun",
     "+client|id",
     "+client|unblock",
     "+config|get",
     "+xgroup|delconsumer",
 ];
 
-async fn service_user(admin: &mut MultiplexedConnection, user: &str, ns: &str) {
+/// The rules that let `build()` check permissions (Redis 7+).
+const CHECK_RULES: &[&str] = &["+acl|whoami", "+acl|dryrun"];
+
+/// The optional rules: their absence never fails start-up.
+const OPTIONAL_RULES: &[&str] = &[
+    "+client|id",
+    "+client|unblock",
+    "+config|get",
+    "+xgroup|delconsumer",
+];
+
+/// `ACL SETUSER <user> reset on >pw ~<ns>:* <SERVICE_RULES without `without`>`.
+async fn service_user_without(
+    admin: &mut MultiplexedConnection,
+    user: &str,
+    ns: &str,
+    without: &[&str],
+) {
     let pattern = format!("~{ns}:*");
     let mut rules = vec!["on", ">pw", pattern.as_str()];
-    rules.extend_from_slice(SERVICE_RULES);
+    rules.extend(SERVICE_RULES.iter().filter(|r| !without.contains(r)));
     acl::set_user(admin, user, &rules).await;
+}
+
+async fn service_user(admin: &mut MultiplexedConnection, user: &str, ns: &str) {
+    service_user_without(admin, user, ns, &[]).await;
 }
 
 /// A user limited to one namespace (`~ns:*`) and the rules above runs a whole service: start,
@@ -367,10 +399,11 @@ async fn a_namespace_limited_acl_user_runs_a_whole_service() {
     }
 }
 
-/// The same user pointed at another namespace: `start()` and `publish` fail at once with
-/// [`Error::Permission`], which says what to grant; nothing is retried.
+/// The same user pointed at another namespace: `build()` fails at once with
+/// [`Error::Permission`], naming the denied keys and the minimal ACL, before running anything
+/// (the start-up check only dry-runs commands: Redis saw no denied command).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_outside_its_acl_namespace_fails_fast_with_a_permission_error() {
+async fn a_service_outside_its_acl_namespace_fails_at_build() {
     init_tracing();
     let server = RedisServer::start();
     let mut admin = server.conn().await;
@@ -378,8 +411,54 @@ async fn a_service_outside_its_acl_namespace_fails_fast_with_a_permission_error(
     let other = namespace("acl-theirs");
     service_user(&mut admin, "svc", &allowed).await;
     let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());
+    let started = Instant::now();
+    let err = builder(&url, &other, &Notes::default())
+        .build()
+        .await
+        .expect_err("build is refused");
+    let took = started.elapsed();
+    let text = err.to_string();
+    println!("build: {text} (after {took:?})");
+    assert!(matches!(err, Error::Permission { .. }), "{err:?}");
+    assert!(!err.is_transient(), "a permission error is not transient");
+    for needle in [
+        "permission denied by the Redis ACL",
+        "user `svc`",
+        &format!("XGROUP CREATE `{other}:{{sec.note}}`"),
+        &format!("XADD `{other}:{{sec.note}}:dlq`"),
+        &format!("ACL SETUSER svc on >PASSWORD ~{other}:* "),
+    ] {
+        assert!(text.contains(needle), "the message has {needle:?}: {text}");
+    }
+    assert!(took < Duration::from_secs(2), "fast: {took:?}");
+    assert_eq!(
+        acl::error_count(&mut admin, "NOPERM").await,
+        0,
+        "nothing run for real"
+    );
+    assert_eq!(acl::command_calls(&mut admin, "xgroup|create").await, 0);
+}
+
+/// Where the start-up check cannot run (Redis 6, a managed Redis, or a user without
+/// `+acl|whoami +acl|dryrun`), the same user pointed at another namespace still fails fast:
+/// `start()` and `publish` return [`Error::Permission`], which says what to grant; nothing is
+/// retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_outside_its_acl_namespace_fails_fast_with_a_permission_error() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let allowed = namespace("acl-mine");
+    let other = namespace("acl-theirs");
+    service_user_without(&mut admin, "svc", &allowed, CHECK_RULES).await;
+    let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());
     let notes = Notes::default();
     let bus = builder(&url, &other, &notes).build().await.expect("build");
+    let after_build = acl::error_count(&mut admin, "NOPERM").await;
+    assert_eq!(
+        after_build, 1,
+        "only ACL WHOAMI was denied (the check was skipped)"
+    );
 
     let started = Instant::now();
     let err = bus.start().await.expect_err("start is denied");
@@ -410,8 +489,216 @@ async fn a_service_outside_its_acl_namespace_fails_fast_with_a_permission_error(
         publish_took < Duration::from_secs(2),
         "fast: {publish_took:?}"
     );
-    assert_eq!(after_start, 1, "start tried once");
+    assert_eq!(after_start - after_build, 1, "start tried once");
     assert_eq!(after_publish - after_start, 1, "publish tried once");
+}
+
+/// The minimal ACL line in a start-up error, with the password filled in, as rules for
+/// `ACL SETUSER <user> reset ...`.
+fn acl_rules_in(text: &str, user: &str) -> Vec<String> {
+    let prefix = format!("ACL SETUSER {user} ");
+    let line = &text[text
+        .find(&prefix)
+        .unwrap_or_else(|| panic!("no ACL line in {text}"))
+        + prefix.len()..];
+    let line = line.split(')').next().unwrap_or(line);
+    line.split_whitespace()
+        .map(|r| r.replace(">PASSWORD", ">pw"))
+        .collect()
+}
+
+/// A user missing a required permission (`+xautoclaim`, `+evalsha`, or both plus
+/// `+xinfo|stream`) cannot build a bus: the error names every missing command with its rule,
+/// the handler and the key, and gives the minimal ACL, which then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_permission_is_a_startup_error_naming_it() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let ns = namespace("acl-missing");
+    let stream = stream_key(&ns, Note::NAME);
+    let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["+xautoclaim"], &["XAUTOCLAIM", "`+xautoclaim`"]),
+        (&["+evalsha"], &["EVALSHA", "`+evalsha`"]),
+        (
+            &["+xautoclaim", "+evalsha", "+xinfo|stream"],
+            &[
+                "XAUTOCLAIM",
+                "EVALSHA",
+                "XINFO STREAM",
+                "`+xinfo|stream`",
+                "lacks 3 permissions",
+            ],
+        ),
+    ];
+    let mut last_text = String::new();
+    for (without, needles) in cases {
+        service_user_without(&mut admin, "svc", &ns, without).await;
+        let started = Instant::now();
+        let err = builder(&url, &ns, &Notes::default())
+            .build()
+            .await
+            .expect_err("a missing permission fails the build");
+        let took = started.elapsed();
+        let text = err.to_string();
+        println!("without {without:?} ({took:?}): {text}");
+        assert!(matches!(err, Error::Permission { .. }), "{err:?}");
+        assert!(took < Duration::from_secs(2), "fast: {took:?}");
+        for needle in *needles {
+            assert!(text.contains(needle), "the message has {needle:?}: {text}");
+        }
+        assert!(
+            text.contains(&format!("`{stream}`")) && text.contains(&format!("handler `{HANDLER}`")),
+            "the key and the handler: {text}"
+        );
+        for granted in ["XADD", "XACK", "XCLAIM"] {
+            assert!(
+                !text.contains(&format!("{granted} `")),
+                "granted commands are not listed ({granted}): {text}"
+            );
+        }
+        last_text = text;
+    }
+    // The ACL the error suggests runs the service.
+    let rules = acl_rules_in(&last_text, "svc");
+    println!("suggested: ACL SETUSER svc {}", rules.join(" "));
+    let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
+    acl::set_user(&mut admin, "svc", &rules).await;
+    acl::reset_log(&mut admin).await;
+    let notes = Notes::default();
+    let bus = builder(&url, &ns, &notes)
+        .build()
+        .await
+        .expect("the minimal ACL builds");
+    let running = bus.start().await.expect("start");
+    bus.publish(&note(1)).await.expect("publish");
+    wait_until(Duration::from_secs(10), "handled", || {
+        let notes = notes.clone();
+        async move { notes.handled() == [1] }
+    })
+    .await;
+    running.shutdown().await.expect("shutdown");
+    let denied = acl::log(&mut admin).await;
+    assert!(denied.is_empty(), "nothing was denied: {denied:#?}");
+}
+
+/// Optional permissions (`CLIENT ID`/`UNBLOCK`, `CONFIG GET`, `XGROUP DELCONSUMER`) never fail
+/// start-up; without `+acl|whoami +acl|dryrun` the check is skipped with a log line that says how
+/// to enable it, and the bus builds even when another permission is missing.
+#[tokio::test(flavor = "current_thread")]
+async fn optional_permissions_and_an_unavailable_check_never_fail_startup() {
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let ns = namespace("acl-optional");
+    let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());
+
+    let (subscriber, captured) = logs::capture(tracing::Level::INFO);
+    let guard = tracing::subscriber::set_default(subscriber);
+    service_user_without(&mut admin, "svc", &ns, OPTIONAL_RULES).await;
+    let notes = Notes::default();
+    let bus = builder(&url, &ns, &notes)
+        .build()
+        .await
+        .expect("builds without optional rules");
+    let running = bus.start().await.expect("start");
+    bus.publish(&note(1)).await.expect("publish");
+    wait_until(Duration::from_secs(10), "handled", || {
+        let notes = notes.clone();
+        async move { notes.handled() == [1] }
+    })
+    .await;
+    running.shutdown().await.expect("shutdown");
+    let optional = captured.find("INFO", "optional Redis permission missing");
+    assert_eq!(optional.len(), OPTIONAL_RULES.len(), "{}", captured.text());
+    for rule in OPTIONAL_RULES {
+        assert!(
+            optional.iter().any(|e| e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(rule))),
+            "{rule} is named: {}",
+            captured.text()
+        );
+    }
+
+    let mut without: Vec<&str> = CHECK_RULES.to_vec();
+    without.push("+xautoclaim");
+    service_user_without(&mut admin, "svc", &ns, &without).await;
+    builder(&url, &ns, &Notes::default())
+        .build()
+        .await
+        .expect("the check is skipped: builds");
+    drop(guard);
+    let skipped = captured.find("INFO", "permission check skipped");
+    assert_eq!(skipped.len(), 1, "{}", captured.text());
+    assert!(
+        skipped[0]["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("+acl|whoami +acl|dryrun")),
+        "says how to enable it: {}",
+        skipped[0]
+    );
+}
+
+/// A publish-only bus (`.handlers([])`) needs only to publish: a user with `+xadd +ping` (and the
+/// check's rules) builds one and publishes; without `+xadd` the build fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_only_bus_is_checked_for_publishing_only() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let ns = namespace("acl-publisher");
+    let pattern = format!("~{ns}:*");
+    let url = format!("redis://pub:pw@127.0.0.1:{}", server.port());
+    let publisher = || {
+        let mut b = Bus::builder();
+        b.redis_url(&url)
+            .namespace(&ns)
+            .handlers(Vec::<String>::new());
+        b
+    };
+    acl::set_user(
+        &mut admin,
+        "pub",
+        &[
+            "on",
+            ">pw",
+            &pattern,
+            "resetchannels",
+            "-@all",
+            "+xadd",
+            "+ping",
+            "+acl|whoami",
+            "+acl|dryrun",
+        ],
+    )
+    .await;
+    let bus = publisher().build().await.expect("a publisher builds");
+    bus.publish(&note(1)).await.expect("publish");
+
+    acl::set_user(
+        &mut admin,
+        "pub",
+        &[
+            "on",
+            ">pw",
+            &pattern,
+            "resetchannels",
+            "-@all",
+            "+ping",
+            "+acl|whoami",
+            "+acl|dryrun",
+        ],
+    )
+    .await;
+    let err = publisher().build().await.expect_err("no +xadd");
+    println!("publisher without +xadd: {err}");
+    assert!(matches!(err, Error::Permission { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("XADD `{ns}:{{sec.note}}`")) && text.contains("publishing"),
+        "{text}"
+    );
 }
 
 /// Permissions revoked under a running service: the reader reports it in `health()` and backs
