@@ -760,6 +760,18 @@ async fn maintain(shared: Arc<Shared>) {
     let takeover_interval = config.claim_interval.min(Duration::from_millis(500));
     let mut next_takeover = Instant::now();
     let mut trim_watch = crate::stream_checks::TrimWatch::default();
+    // While claims fail (an ACL edit, Redis down), both schedules back off up to 5 s: no storm.
+    let mut failing_for = 0u32;
+    let backoff = |interval: Duration, failures: u32| {
+        if failures == 0 {
+            interval
+        } else {
+            interval
+                .saturating_mul(2u32.saturating_pow(failures.min(16)))
+                .clamp(Duration::from_millis(500), Duration::from_secs(5))
+                .max(interval)
+        }
+    };
     loop {
         let now = Instant::now();
         if now >= next_lease {
@@ -769,8 +781,9 @@ async fn maintain(shared: Arc<Shared>) {
         if now >= next_takeover && !shared.cancel.is_cancelled() {
             if let Err(e) = shared.take_handed_back().await {
                 shared.claim_failed(&e);
+                failing_for = failing_for.saturating_add(1);
             }
-            next_takeover = Instant::now() + takeover_interval;
+            next_takeover = Instant::now() + backoff(takeover_interval, failing_for);
         }
         if now >= next_claim && !shared.cancel.is_cancelled() {
             // Entries trimmed before this group read them (health `trimmed_unread`).
@@ -783,10 +796,16 @@ async fn maintain(shared: Arc<Shared>) {
             )
             .await;
             match shared.claim_abandoned().await {
-                Ok(()) => shared.stats.clear(Path::Claim),
-                Err(e) => shared.claim_failed(&e),
+                Ok(()) => {
+                    shared.stats.clear(Path::Claim);
+                    failing_for = 0;
+                }
+                Err(e) => {
+                    shared.claim_failed(&e);
+                    failing_for = failing_for.saturating_add(1);
+                }
             }
-            next_claim = Instant::now() + config.claim_interval;
+            next_claim = Instant::now() + backoff(config.claim_interval, failing_for);
         }
         if shared.cancel.is_cancelled() {
             shared.hand_back().await;
