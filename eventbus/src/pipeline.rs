@@ -377,6 +377,14 @@ impl Runner {
                         handler = self.handler.name,
                         "the entry was already settled (acked or dead-lettered elsewhere, or by an earlier try whose reply was lost): no second dead letter"
                     );
+                    if let Some(id) = ack {
+                        // A charge this run wrote after the entry was settled elsewhere.
+                        let _ = redis::cmd("HDEL")
+                            .arg(&self.keys.attempts)
+                            .arg(transport::attempts_field(self.handler.name, id))
+                            .query_async::<i64>(conn)
+                            .await;
+                    }
                     self.stats.clear(Path::DeadLetter);
                     return;
                 }
