@@ -365,6 +365,7 @@ async fn frozen_consumer_is_taken_over_and_its_late_ack_loses_nothing() {
                 ("EVENTBUS_VISIBILITY_TIMEOUT", "1s"),
                 ("EVENTBUS_CLAIM_INTERVAL", "200ms"),
                 ("EVENTBUS_BLOCK_TIME", "200ms"),
+                ("EVENTBUS_RETRIES", "1"),
             ],
         );
         child.wait_for_line("ready", Duration::from_secs(20));
