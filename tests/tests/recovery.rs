@@ -31,6 +31,7 @@ fn start_consumer(server: &RedisServer, ns: &str, extra: &[(&str, &str)]) -> Chi
         ("EVENTBUS_VISIBILITY_TIMEOUT", "1s"),
         ("EVENTBUS_CLAIM_INTERVAL", "200ms"),
         ("EVENTBUS_BLOCK_TIME", "200ms"),
+        ("EVENTBUS_RETRIES", "1"),
     ];
     env.extend_from_slice(extra);
     ChildProcess::spawn(env!("CARGO_BIN_EXE_consumer"), &env)
