@@ -654,11 +654,18 @@ mod tests {
 
     #[test]
     fn only_exact_dead_letter_keys_of_the_namespace_are_taken() {
-        assert_eq!(event_of_key("ns", "ns:{chat.created}:dlq"), Some("chat.created"));
+        assert_eq!(
+            event_of_key("ns", "ns:{chat.created}:dlq"),
+            Some("chat.created")
+        );
         assert_eq!(event_of_key(r"a\b", r"a\b:{x}:dlq"), Some("x"));
         assert_eq!(event_of_key(r"a\b", "ab:{x}:dlq"), None);
         assert_eq!(event_of_key("ns", "nsx:{x}:dlq"), None);
-        assert_eq!(event_of_key("ns", "ns:{a}:{b}:dlq"), None, "not an event name");
+        assert_eq!(
+            event_of_key("ns", "ns:{a}:{b}:dlq"),
+            None,
+            "not an event name"
+        );
         assert_eq!(event_of_key("ns", "ns:{}:dlq"), None);
         assert_eq!(event_of_key("ns", "ns:{x}:attempts"), None);
     }

@@ -170,7 +170,8 @@ async fn wait_settled(admin: &MultiplexedConnection, ns: &str, group: &str, n: u
         || {
             let (mut admin, stream, dlq) = (admin.clone(), stream.clone(), dlq.clone());
             async move {
-                xlen(&mut admin, &dlq).await >= n && pending_count(&mut admin, &stream, group).await == 0
+                xlen(&mut admin, &dlq).await >= n
+                    && pending_count(&mut admin, &stream, group).await == 0
             }
         },
     )
@@ -285,11 +286,7 @@ impl LossyProxy {
                 let _ = server.set_nodelay(true);
                 let lost = Arc::new(AtomicBool::new(false));
                 if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
-                    accept_state
-                        .sockets
-                        .lock()
-                        .expect("lock")
-                        .extend([c, s]);
+                    accept_state.sockets.lock().expect("lock").extend([c, s]);
                 }
                 let (Ok(c_read), Ok(s_write), Ok(s_read), Ok(c_write), Ok(c_keep)) = (
                     client.try_clone(),
@@ -572,7 +569,11 @@ async fn concurrent_replays_of_one_letter_redeliver_it_once() {
             Err(other) => panic!("unexpected replay error: {other:?}"),
         }
     }
-    assert_eq!((ok, gone), (1, 7), "one replay wins, the others find no letter");
+    assert_eq!(
+        (ok, gone),
+        (1, 7),
+        "one replay wins, the others find no letter"
+    );
 
     let entries = stream_ids(&mut admin, &stream).await;
     assert_eq!(entries.len(), 2, "the original and one replayed entry");
@@ -583,7 +584,9 @@ async fn concurrent_replays_of_one_letter_redeliver_it_once() {
         || {
             let (mut admin, stream, last) = (admin.clone(), stream.clone(), last.clone());
             async move {
-                last_delivered_id(&mut admin, &stream, FIXABLE).await.as_deref()
+                last_delivered_id(&mut admin, &stream, FIXABLE)
+                    .await
+                    .as_deref()
                     == Some(last.as_str())
                     && pending_count(&mut admin, &stream, FIXABLE).await == 0
             }
@@ -591,7 +594,12 @@ async fn concurrent_replays_of_one_letter_redeliver_it_once() {
     )
     .await;
     shutdown(running).await;
-    assert_eq!(state.handled().len(), 1, "handled once: {:?}", state.handled());
+    assert_eq!(
+        state.handled().len(),
+        1,
+        "handled once: {:?}",
+        state.handled()
+    );
     assert!(bus.dlq().list(10).await.expect("list").is_empty());
 }
 
@@ -619,10 +627,16 @@ async fn replay_to_a_handler_without_a_group_is_refused_and_the_letter_kept() {
     assert!(matches!(err, Error::Replay { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.contains(FIXABLE) && text.contains("no consumer group") && text.contains("replay again"),
+        text.contains(FIXABLE)
+            && text.contains("no consumer group")
+            && text.contains("replay again"),
         "the error names the handler and what to do: {text}"
     );
-    assert_eq!(stream_ids(&mut admin, &stream).await.len(), 1, "nothing added");
+    assert_eq!(
+        stream_ids(&mut admin, &stream).await.len(),
+        1,
+        "nothing added"
+    );
     let kept = bus.dlq().list(10).await.expect("list");
     assert_eq!(kept.len(), 1, "the letter is kept");
     assert_eq!(kept[0].id, id);
@@ -722,7 +736,10 @@ async fn broadcast_replay_without_a_subscriber_fails_and_keeps_the_letter() {
     .await;
     shutdown(running).await;
     assert_eq!(state.0.handled(), [event, marker], "the replay ran once");
-    assert!(bus.dlq().list(10).await.expect("list").is_empty(), "removed");
+    assert!(
+        bus.dlq().list(10).await.expect("list").is_empty(),
+        "removed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -811,6 +828,10 @@ async fn list_and_purge_touch_only_their_own_namespace() {
     assert_eq!(handlers, ["mine"], "{listed:#?}");
     assert_eq!(bus.dlq().purge().await.expect("purge"), 1);
     assert_eq!(xlen(&mut admin, &own_key).await, 0);
-    assert_eq!(xlen(&mut admin, &odd_key).await, 1, "not a dead-letter key: kept");
+    assert_eq!(
+        xlen(&mut admin, &odd_key).await,
+        1,
+        "not a dead-letter key: kept"
+    );
     assert_eq!(xlen(&mut admin, &other_key).await, 1);
 }
