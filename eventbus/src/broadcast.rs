@@ -373,7 +373,7 @@ impl Subscriber {
             }
             return;
         };
-        let failure = Arc::new(Failure {
+        let failure = Failure {
             event_id: None,
             error: format!(
                 "envelope is {} bytes, more than the maximum payload of {max}",
@@ -384,7 +384,7 @@ impl Subscriber {
                 &payload[..payload.len().min(REJECTED_ENVELOPE_BYTES)],
             )
             .into_owned(),
-        });
+        };
         let lanes = lanes.to_vec();
         let mut conn = self.bus.conn.clone();
         self.tracker.spawn(async move {
