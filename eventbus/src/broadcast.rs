@@ -379,7 +379,7 @@ impl Subscriber {
             }
             return;
         };
-        let failure = Arc::new(Failure {
+        let failure = Failure {
             event_id: None,
             error: format!(
                 "envelope is {} bytes, more than the maximum payload of {max}",
@@ -390,7 +390,7 @@ impl Subscriber {
                 &payload[..payload.len().min(REJECTED_ENVELOPE_BYTES)],
             )
             .into_owned(),
-        });
+        };
         let lanes = lanes.to_vec();
         let mut conn = self.bus.conn.clone();
         self.tracker.spawn(async move {
