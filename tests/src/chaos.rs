@@ -340,6 +340,24 @@ impl Verdict {
     }
 }
 
+/// A connection for a test's own checks on a server under load: a 10 s response timeout
+/// instead of the client's default 500 ms (a busy machine or an `appendfsync always` server
+/// under write load can take longer to answer a large `XRANGE`).
+///
+/// # Panics
+///
+/// When the server does not accept the connection.
+pub async fn patient_conn(server: &crate::RedisServer) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(10)));
+    server
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect to test redis")
+}
+
 /// The list in the recording server where consumer processes record handled events.
 pub fn record_key(namespace: &str) -> String {
     format!("{namespace}:handled")

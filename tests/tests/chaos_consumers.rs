@@ -150,8 +150,8 @@ impl Rig {
     /// Waits until every acked job was handled (or dead-lettered: the verdict then reports it)
     /// and the group has nothing pending.
     async fn settle(&self, timeout: Duration) {
-        let rec = self.record.conn().await;
-        let conn = self.server.conn().await;
+        let rec = chaos::patient_conn(&self.record).await;
+        let conn = chaos::patient_conn(&self.server).await;
         wait_until(timeout, "every acked job handled or dead-lettered", || {
             let mut rec = rec.clone();
             let mut conn = conn.clone();
@@ -179,7 +179,7 @@ impl Rig {
 
     /// `ctx.attempt()` of every recorded run: attempt → runs.
     async fn attempts(&self) -> BTreeMap<u32, usize> {
-        let mut rec = self.record.conn().await;
+        let mut rec = chaos::patient_conn(&self.record).await;
         let mut by = BTreeMap::new();
         for s in starts_from_list(&mut rec, &started_key(&self.ns)).await {
             *by.entry(s.attempt).or_default() += 1;
@@ -227,8 +227,8 @@ async fn sigkill_of_one_of_three_consumers(retries: Option<u32>) {
         job,
     );
 
-    let mut conn = rig.server.conn().await;
-    let mut rec = rig.record.conn().await;
+    let mut conn = chaos::patient_conn(&rig.server).await;
+    let mut rec = chaos::patient_conn(&rig.record).await;
     wait_until(
         Duration::from_secs(60),
         "a fifth of the jobs handled, and the victim's prefetch window (16 + 100) nearly full",
@@ -373,8 +373,8 @@ async fn rolling_sigterm_restarts(retries: Option<u32>) {
         slow_job,
     );
 
-    let conn = rig.server.conn().await;
-    let rec = rig.record.conn().await;
+    let conn = chaos::patient_conn(&rig.server).await;
+    let rec = chaos::patient_conn(&rig.record).await;
     let mut replaced = Vec::new();
     let mut held_at_sigterm = Vec::new();
     let mut handback = Duration::ZERO;

@@ -149,8 +149,8 @@ async fn poison_crash(scenario: &str, retries: u32, consumers: usize, naming: Na
     let started = Instant::now();
     let jobs = chaos::count(48, 200);
     let rig = Rig::new(scenario, retries);
-    let mut conn = rig.server.conn().await;
-    let mut rec = rig.record.conn().await;
+    let mut conn = chaos::patient_conn(&rig.server).await;
+    let mut rec = chaos::patient_conn(&rig.record).await;
 
     let mut restarts = 0usize;
     let name_of = |slot: usize, life: usize| match naming {
