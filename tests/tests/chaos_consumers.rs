@@ -42,8 +42,8 @@ const SLOTS: u32 = 16;
 /// Batch size of each consumer process: with [`SLOTS`], a saturated consumer holds 16 running
 /// and 100 prefetched entries.
 const BATCH: usize = 100;
-/// Jobs sleep 40–120 ms: three consumers handle about 600 jobs/s, less than the load publishes,
-/// so a backlog builds and every consumer's prefetch window is full.
+/// Jobs sleep 40–120 ms: three consumers handle about 600 jobs/s, far less than the load
+/// publishes, so a backlog builds and every consumer's prefetch window is full.
 const MAX_JOB_MS: u64 = 120;
 
 fn job(n: u64) -> Job {
@@ -220,7 +220,7 @@ async fn sigkill_of_one_of_three_consumers(retries: Option<u32>) {
         &rig.checker,
         0..total,
         LoadOptions {
-            rate_per_sec: 1_200,
+            rate_per_sec: 3_000,
             hold_at: total * 3 / 4,
             ..LoadOptions::default()
         },
@@ -366,7 +366,7 @@ async fn rolling_sigterm_restarts(retries: Option<u32>) {
         &rig.checker,
         0..total,
         LoadOptions {
-            rate_per_sec: 1_200,
+            rate_per_sec: 3_000,
             hold_at: total * 9 / 10,
             ..LoadOptions::default()
         },

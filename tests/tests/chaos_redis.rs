@@ -215,9 +215,10 @@ async fn redis_restarts_with_aof_always(retries: Option<u32>) {
         &bus,
         &checker,
         0..total,
+        // As fast as publishing goes: the backlog, not the rate, keeps the windows full.
         LoadOptions {
-            rate_per_sec: chaos::count(800, 2_000),
-            hold_at: total * 3 / 4,
+            rate_per_sec: 5_000,
+            hold_at: total * 9 / 10,
             ..LoadOptions::default()
         },
         slower_tick,
@@ -227,21 +228,23 @@ async fn redis_restarts_with_aof_always(retries: Option<u32>) {
     let outage = Duration::from_millis(1_500);
     let mut held_at_kill = Vec::new();
     for at in restarts {
-        let conn = chaos::patient_conn(&server).await;
-        wait_until(
-            Duration::from_secs(60),
-            "publishing reached the restart point, and both prefetch windows are nearly full",
-            || {
-                let mut conn = conn.clone();
-                let (checker, stream) = (&checker, &stream);
-                async move {
-                    checker.acked_count() >= at as usize
-                        && pending_count(&mut conn, stream, GROUP).await >= 2 * BATCH
-                }
-            },
-        )
-        .await;
-        let mut conn = conn.clone();
+        let mut conn = chaos::patient_conn(&server).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pending = pending_count(&mut conn, &stream, GROUP).await;
+            if checker.acked_count() >= at as usize && pending >= 2 * BATCH {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {at} acked publishes and both prefetch windows nearly full: acked {}, handled {}, pending {pending}; {:?} {:?}",
+                checker.acked_count(),
+                checker.handled_unique(),
+                r0.health(),
+                r1.health()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await; // ok: poll interval under a deadline
+        }
         held_at_kill.push(pending_count(&mut conn, &stream, GROUP).await);
         server.kill();
         let down_at = Instant::now();
