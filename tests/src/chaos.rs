@@ -67,8 +67,9 @@ struct Inner {
 impl Inner {
     /// Acked, not handled, and not a culprit that was dead-lettered.
     fn unresolved(&self, n: u64) -> bool {
-        !self.handled.contains_key(&n)
-            && !(self.culprits.contains(&n) && self.dead_lettered.contains_key(&n))
+        let resolved = self.handled.contains_key(&n)
+            || (self.culprits.contains(&n) && self.dead_lettered.contains_key(&n));
+        !resolved
     }
 
     /// Dead-lettered without being a culprit.
@@ -782,17 +783,28 @@ mod tests {
         }
         c.culprit(3);
         c.set_handled([0, 1, 2]);
-        assert!(!c.all_acked_handled(), "the culprit is not dead-lettered yet");
+        assert!(
+            !c.all_acked_handled(),
+            "the culprit is not dead-lettered yet"
+        );
         assert_eq!(c.missing(), BTreeSet::from([3]));
         c.set_dead_lettered([3, 1]);
-        assert!(c.all_acked_handled(), "a dead-lettered culprit is accounted for");
+        assert!(
+            c.all_acked_handled(),
+            "a dead-lettered culprit is accounted for"
+        );
         assert_eq!(c.innocent_dead_letters(), BTreeSet::from([1]));
         let v = c.verdict("unit");
-        assert_eq!(v.lost, BTreeSet::from([1]), "handled, but also dead-lettered");
+        assert_eq!(
+            v.lost,
+            BTreeSet::from([1]),
+            "handled, but also dead-lettered"
+        );
         assert_eq!(v.innocent_dead_letters, BTreeSet::from([1]));
         assert_eq!(v.dead_letters, 2);
         assert!(
-            v.line().contains(" lost=1 innocent_dead_letters=1 dead_letters=2 "),
+            v.line()
+                .contains(" lost=1 innocent_dead_letters=1 dead_letters=2 "),
             "{}",
             v.line()
         );

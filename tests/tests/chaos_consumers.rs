@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use eventbus::prelude::*;
 use eventbus_tests::chaos::{
-    self, Checker, Load, LoadOptions, consumer_pending, handled_from_list, pending_ids,
-    record_key, started_key, starts_from_list, stream_payload_ids, time_until,
+    self, Checker, Load, LoadOptions, consumer_pending, handled_from_list, pending_ids, record_key,
+    started_key, starts_from_list, stream_payload_ids, time_until,
 };
 use eventbus_tests::{
     ChildProcess, RedisServer, dlq_key, init_tracing, namespace, pending_count, stream_key,
@@ -238,8 +238,7 @@ async fn sigkill_of_one_of_three_consumers(retries: Option<u32>) {
             let rig = &rig;
             async move {
                 rig.sync(&mut rec).await.len() as u64 >= total / 5
-                    && consumer_pending(&mut conn, &rig.stream, GROUP, "victim").await
-                        >= BATCH
+                    && consumer_pending(&mut conn, &rig.stream, GROUP, "victim").await >= BATCH
             }
         },
     )
@@ -385,7 +384,9 @@ async fn rolling_sigterm_restarts(retries: Option<u32>) {
         let replacement = rig.consumer(&format!("r{i}"));
         wait_until(
             Duration::from_secs(60),
-            &format!("jobs handled up to restart {i} ({at}), and {name}'s prefetch window nearly full"),
+            &format!(
+                "jobs handled up to restart {i} ({at}), and {name}'s prefetch window nearly full"
+            ),
             || {
                 let mut rec = rec.clone();
                 let mut conn = conn.clone();

@@ -115,7 +115,7 @@ fn label(retries: Option<u32>) -> String {
 /// Reads the dead letters of `chaos.tick` into the checker (none is expected: every one is
 /// innocent).
 async fn sync_dead_letters(server: &RedisServer, ns: &str, checker: &Checker) {
-    let mut conn = chaos::patient_conn(&server).await;
+    let mut conn = chaos::patient_conn(server).await;
     checker.set_dead_lettered(stream_payload_ids(&mut conn, &dlq_key(ns, Tick::NAME)).await);
 }
 
@@ -141,7 +141,7 @@ async fn settle_excusing(
     excused: &BTreeSet<u64>,
 ) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut conn = chaos::patient_conn(&server).await;
+    let mut conn = chaos::patient_conn(server).await;
     let dlq = format!("{stream}:dlq");
     let mut next_sync = Instant::now();
     loop {
@@ -152,7 +152,10 @@ async fn settle_excusing(
         if Instant::now() >= next_sync {
             checker.set_dead_lettered(stream_payload_ids(&mut conn, &dlq).await);
             let innocent = checker.innocent_dead_letters();
-            if missing.iter().all(|n| excused.contains(n) || innocent.contains(n)) {
+            if missing
+                .iter()
+                .all(|n| excused.contains(n) || innocent.contains(n))
+            {
                 break;
             }
             next_sync = Instant::now() + Duration::from_millis(100);
@@ -248,9 +251,11 @@ async fn redis_restarts_with_aof_always(retries: Option<u32>) {
         held_at_kill.push(pending_count(&mut conn, &stream, GROUP).await);
         server.kill();
         let down_at = Instant::now();
-        wait_until(outage + Duration::from_secs(1), "Redis has been down for 1.5 s", || {
-            std::future::ready(down_at.elapsed() >= outage)
-        })
+        wait_until(
+            outage + Duration::from_secs(1),
+            "Redis has been down for 1.5 s",
+            || std::future::ready(down_at.elapsed() >= outage),
+        )
         .await;
         kill_and_restart(&mut server);
     }
@@ -473,9 +478,7 @@ async fn group_lost_mid_stream(retries: Option<u32>) {
         wait_until(
             Duration::from_secs(60),
             "a third of this round handled",
-            move || {
-                std::future::ready(c.handled_unique() >= handled_before + batch as usize / 3)
-            },
+            move || std::future::ready(c.handled_unique() >= handled_before + batch as usize / 3),
         )
         .await;
         let before = reader(&running.health()).groups_recreated;
@@ -518,7 +521,12 @@ async fn group_lost_mid_stream(retries: Option<u32>) {
         .with("elapsed_ms", started.elapsed().as_millis());
     verdict.print();
     verdict.assert_ok(0);
-    assert_eq!(reader(&h).dead_lettered, 0, "{}: no dead letter", verdict.line());
+    assert_eq!(
+        reader(&h).dead_lettered,
+        0,
+        "{}: no dead letter",
+        verdict.line()
+    );
     assert!(reader(&h).groups_recreated >= 2, "{h:?}");
 }
 
