@@ -9,8 +9,9 @@
 //! - **handled**: how many times a handler ran to completion on it. In-process handlers call
 //!   [`Checker::handled`]; consumer processes `RPUSH "<n>:<consumer>"` to a list in a *separate*
 //!   `redis-server` that the fault never touches (see [`record_key`] and [`handled_from_list`]),
-//!   which the test feeds in with [`Checker::set_handled`].
-//!
+//!   which the test feeds in with [`Checker::set_handled`]. They also record every run they
+//!   start, with `ctx.attempt()` and their pid ([`started_key`], [`starts_from_list`]), and every
+//!   crash, with the other runs in flight at that moment ([`crash_key`], [`crashes_from_list`]);
 //! - **dead-lettered**: the `n` of every dead letter (read back from the dead-letter stream with
 //!   [`stream_payload_ids`] and fed in with [`Checker::set_dead_lettered`]). Only a **culprit**
 //!   ([`Checker::culprit`]: an event that fails on its own, e.g. a job that aborts its process)
