@@ -9,8 +9,9 @@
 //! - **handled**: how many times a handler ran to completion on it. In-process handlers call
 //!   [`Checker::handled`]; consumer processes `RPUSH "<n>:<consumer>"` to a list in a *separate*
 //!   `redis-server` that the fault never touches (see [`record_key`] and [`handled_from_list`]),
-//!   which the test feeds in with [`Checker::set_handled`].
-//!
+//!   which the test feeds in with [`Checker::set_handled`]. They also record every run they
+//!   start, with `ctx.attempt()` and their pid ([`started_key`], [`starts_from_list`]), and every
+//!   crash, with the other runs in flight at that moment ([`crash_key`], [`crashes_from_list`]);
 //! - **dead-lettered**: the `n` of every dead letter (read back from the dead-letter stream with
 //!   [`stream_payload_ids`] and fed in with [`Checker::set_dead_lettered`]). Only a **culprit**
 //!   ([`Checker::culprit`]: an event that fails on its own, e.g. a job that aborts its process)
@@ -67,8 +68,9 @@ struct Inner {
 impl Inner {
     /// Acked, not handled, and not a culprit that was dead-lettered.
     fn unresolved(&self, n: u64) -> bool {
-        !self.handled.contains_key(&n)
-            && !(self.culprits.contains(&n) && self.dead_lettered.contains_key(&n))
+        let resolved = self.handled.contains_key(&n)
+            || (self.culprits.contains(&n) && self.dead_lettered.contains_key(&n));
+        !resolved
     }
 
     /// Dead-lettered without being a culprit.
@@ -338,6 +340,24 @@ impl Verdict {
             self.line()
         );
     }
+}
+
+/// A connection for a test's own checks on a server under load: a 10 s response timeout
+/// instead of the client's default 500 ms (a busy machine or an `appendfsync always` server
+/// under write load can take longer to answer a large `XRANGE`).
+///
+/// # Panics
+///
+/// When the server does not accept the connection.
+pub async fn patient_conn(server: &crate::RedisServer) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(10)));
+    server
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect to test redis")
 }
 
 /// The list in the recording server where consumer processes record handled events.
@@ -764,17 +784,28 @@ mod tests {
         }
         c.culprit(3);
         c.set_handled([0, 1, 2]);
-        assert!(!c.all_acked_handled(), "the culprit is not dead-lettered yet");
+        assert!(
+            !c.all_acked_handled(),
+            "the culprit is not dead-lettered yet"
+        );
         assert_eq!(c.missing(), BTreeSet::from([3]));
         c.set_dead_lettered([3, 1]);
-        assert!(c.all_acked_handled(), "a dead-lettered culprit is accounted for");
+        assert!(
+            c.all_acked_handled(),
+            "a dead-lettered culprit is accounted for"
+        );
         assert_eq!(c.innocent_dead_letters(), BTreeSet::from([1]));
         let v = c.verdict("unit");
-        assert_eq!(v.lost, BTreeSet::from([1]), "handled, but also dead-lettered");
+        assert_eq!(
+            v.lost,
+            BTreeSet::from([1]),
+            "handled, but also dead-lettered"
+        );
         assert_eq!(v.innocent_dead_letters, BTreeSet::from([1]));
         assert_eq!(v.dead_letters, 2);
         assert!(
-            v.line().contains(" lost=1 innocent_dead_letters=1 dead_letters=2 "),
+            v.line()
+                .contains(" lost=1 innocent_dead_letters=1 dead_letters=2 "),
             "{}",
             v.line()
         );

@@ -553,7 +553,10 @@ async fn four_consumers_reclaim(retries: Option<u32>) {
         "concurrent claimers (retries {retries:?}): {} runs of {total_jobs} entries, duplicates {duplicates}, claimed {claimed}, dead letters {dead}, per consumer {per_consumer:?}",
         runs.len()
     );
-    assert_eq!(dead, 0, "claimed entries that never started are not charged: no dead letter");
+    assert_eq!(
+        dead, 0,
+        "claimed entries that never started are not charged: no dead letter"
+    );
     assert_eq!(
         seen.counts().keys().copied().collect::<Vec<_>>(),
         (0..total_jobs).collect::<Vec<_>>(),

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use eventbus::prelude::*;
 use eventbus_tests::chaos::{
-    self, Checker, Load, LoadOptions, consumer_pending, handled_from_list, pending_ids,
-    record_key, started_key, starts_from_list, stream_payload_ids, time_until,
+    self, Checker, Load, LoadOptions, consumer_pending, handled_from_list, pending_ids, record_key,
+    started_key, starts_from_list, stream_payload_ids, time_until,
 };
 use eventbus_tests::{
     ChildProcess, RedisServer, dlq_key, init_tracing, namespace, pending_count, stream_key,
@@ -42,8 +42,8 @@ const SLOTS: u32 = 16;
 /// Batch size of each consumer process: with [`SLOTS`], a saturated consumer holds 16 running
 /// and 100 prefetched entries.
 const BATCH: usize = 100;
-/// Jobs sleep 40–120 ms: three consumers handle about 600 jobs/s, less than the load publishes,
-/// so a backlog builds and every consumer's prefetch window is full.
+/// Jobs sleep 40–120 ms: three consumers handle about 600 jobs/s, far less than the load
+/// publishes, so a backlog builds and every consumer's prefetch window is full.
 const MAX_JOB_MS: u64 = 120;
 
 fn job(n: u64) -> Job {
@@ -150,8 +150,8 @@ impl Rig {
     /// Waits until every acked job was handled (or dead-lettered: the verdict then reports it)
     /// and the group has nothing pending.
     async fn settle(&self, timeout: Duration) {
-        let rec = self.record.conn().await;
-        let conn = self.server.conn().await;
+        let rec = chaos::patient_conn(&self.record).await;
+        let conn = chaos::patient_conn(&self.server).await;
         wait_until(timeout, "every acked job handled or dead-lettered", || {
             let mut rec = rec.clone();
             let mut conn = conn.clone();
@@ -179,7 +179,7 @@ impl Rig {
 
     /// `ctx.attempt()` of every recorded run: attempt → runs.
     async fn attempts(&self) -> BTreeMap<u32, usize> {
-        let mut rec = self.record.conn().await;
+        let mut rec = chaos::patient_conn(&self.record).await;
         let mut by = BTreeMap::new();
         for s in starts_from_list(&mut rec, &started_key(&self.ns)).await {
             *by.entry(s.attempt).or_default() += 1;
@@ -220,15 +220,15 @@ async fn sigkill_of_one_of_three_consumers(retries: Option<u32>) {
         &rig.checker,
         0..total,
         LoadOptions {
-            rate_per_sec: 1_200,
+            rate_per_sec: 3_000,
             hold_at: total * 3 / 4,
             ..LoadOptions::default()
         },
         job,
     );
 
-    let mut conn = rig.server.conn().await;
-    let mut rec = rig.record.conn().await;
+    let mut conn = chaos::patient_conn(&rig.server).await;
+    let mut rec = chaos::patient_conn(&rig.record).await;
     wait_until(
         Duration::from_secs(60),
         "a fifth of the jobs handled, and the victim's prefetch window (16 + 100) nearly full",
@@ -238,8 +238,7 @@ async fn sigkill_of_one_of_three_consumers(retries: Option<u32>) {
             let rig = &rig;
             async move {
                 rig.sync(&mut rec).await.len() as u64 >= total / 5
-                    && consumer_pending(&mut conn, &rig.stream, GROUP, "victim").await
-                        >= BATCH
+                    && consumer_pending(&mut conn, &rig.stream, GROUP, "victim").await >= BATCH
             }
         },
     )
@@ -366,15 +365,15 @@ async fn rolling_sigterm_restarts(retries: Option<u32>) {
         &rig.checker,
         0..total,
         LoadOptions {
-            rate_per_sec: 1_200,
+            rate_per_sec: 3_000,
             hold_at: total * 9 / 10,
             ..LoadOptions::default()
         },
         slow_job,
     );
 
-    let conn = rig.server.conn().await;
-    let rec = rig.record.conn().await;
+    let conn = chaos::patient_conn(&rig.server).await;
+    let rec = chaos::patient_conn(&rig.record).await;
     let mut replaced = Vec::new();
     let mut held_at_sigterm = Vec::new();
     let mut handback = Duration::ZERO;
@@ -385,7 +384,9 @@ async fn rolling_sigterm_restarts(retries: Option<u32>) {
         let replacement = rig.consumer(&format!("r{i}"));
         wait_until(
             Duration::from_secs(60),
-            &format!("jobs handled up to restart {i} ({at}), and {name}'s prefetch window nearly full"),
+            &format!(
+                "jobs handled up to restart {i} ({at}), and {name}'s prefetch window nearly full"
+            ),
             || {
                 let mut rec = rec.clone();
                 let mut conn = conn.clone();

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use eventbus::prelude::*;
 use eventbus_tests::chaos::{
-    self, Checker, Crash, crash_key, crashes_from_list, handled_from_list, record_key,
-    started_key, starts_from_list, stream_payload_ids,
+    self, Checker, Crash, crash_key, crashes_from_list, handled_from_list, record_key, started_key,
+    starts_from_list, stream_payload_ids,
 };
 use eventbus_tests::{
     ChildProcess, RedisServer, dlq_key, init_tracing, namespace, pending_count, stream_key,
@@ -130,7 +130,11 @@ impl Rig {
         let handled = handled_from_list(rec, &record_key(&self.ns)).await;
         self.checker.set_handled(handled.iter().map(|r| r.0));
         let dead = stream_payload_ids(conn, &dlq_key(&self.ns, Job::NAME)).await;
-        let done: BTreeSet<u64> = handled.iter().map(|r| r.0).chain(dead.iter().copied()).collect();
+        let done: BTreeSet<u64> = handled
+            .iter()
+            .map(|r| r.0)
+            .chain(dead.iter().copied())
+            .collect();
         self.checker.set_dead_lettered(dead);
         done.len() as u64 == jobs && pending_count(conn, &self.stream, GROUP).await == 0
     }
@@ -149,8 +153,8 @@ async fn poison_crash(scenario: &str, retries: u32, consumers: usize, naming: Na
     let started = Instant::now();
     let jobs = chaos::count(48, 200);
     let rig = Rig::new(scenario, retries);
-    let mut conn = rig.server.conn().await;
-    let mut rec = rig.record.conn().await;
+    let mut conn = chaos::patient_conn(&rig.server).await;
+    let mut rec = chaos::patient_conn(&rig.record).await;
 
     let mut restarts = 0usize;
     let name_of = |slot: usize, life: usize| match naming {
@@ -183,7 +187,8 @@ async fn poison_crash(scenario: &str, retries: u32, consumers: usize, naming: Na
 
     // Every cycle: a crash, a restart, the visibility timeout and a claim, and in the worst case
     // every job run once more, one after another.
-    let cycle = RESTART + VISIBILITY + CLAIM_INTERVAL + Duration::from_millis(MAX_JOB_MS) * (jobs as u32);
+    let cycle =
+        RESTART + VISIBILITY + CLAIM_INTERVAL + Duration::from_millis(MAX_JOB_MS) * (jobs as u32);
     let bound = cycle * (retries + 2) + Duration::from_secs(5);
     // (consumer name, pid, exit status) of every process that died.
     let mut exits: Vec<(String, u32, std::process::ExitStatus)> = Vec::new();
@@ -196,7 +201,8 @@ async fn poison_crash(scenario: &str, retries: u32, consumers: usize, naming: Na
             };
             let stderr = slot.child.stderr();
             assert!(
-                status.signal() == Some(6) && stderr.contains(&format!("job {CULPRIT} crashes this consumer")),
+                status.signal() == Some(6)
+                    && stderr.contains(&format!("job {CULPRIT} crashes this consumer")),
                 "consumer {} exited for another reason than the culprit: {status}; stderr:\n{stderr}",
                 slot.name
             );
@@ -254,7 +260,10 @@ async fn poison_crash(scenario: &str, retries: u32, consumers: usize, naming: Na
         .with("restarts", restarts)
         .with("crashes_alone", alone.len())
         .with("crashes", format!("[{crash_line}]"))
-        .with("bystander_attempts", format!("{bystander_attempts:?}").replace(' ', ""))
+        .with(
+            "bystander_attempts",
+            format!("{bystander_attempts:?}").replace(' ', ""),
+        )
         .with("poison_elapsed_ms", elapsed.as_millis())
         .with("bound_ms", bound.as_millis());
     verdict.print();
@@ -291,7 +300,10 @@ async fn poison_crash(scenario: &str, retries: u32, consumers: usize, naming: Na
         verdict.line()
     );
     assert!(
-        crashes.iter().filter(|c| c.others > 0).all(|c| c.attempt == 1),
+        crashes
+            .iter()
+            .filter(|c| c.others > 0)
+            .all(|c| c.attempt == 1),
         "{}: a crash in company is charged to no one",
         verdict.line()
     );
@@ -311,7 +323,11 @@ async fn poison_crash(scenario: &str, retries: u32, consumers: usize, naming: Na
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v["data"]["n"].as_u64())
     });
-    assert_eq!(n, Some(CULPRIT), "the dead letter is the culprit's: {letter:#?}");
+    assert_eq!(
+        n,
+        Some(CULPRIT),
+        "the dead letter is the culprit's: {letter:#?}"
+    );
     assert!(
         letter.error.to_lowercase().contains("crash"),
         "the dead letter's error says the event crashed its consumer: {:?}",
@@ -349,11 +365,23 @@ async fn poison_crash_with_retries_2_and_three_consumers_restarted_under_their_n
 /// charges must survive that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_crash_loop_with_a_new_consumer_name_each_restart_and_retries_2() {
-    poison_crash("poison-crash-retries2-1x-new-names", 2, 1, Naming::NewEachRestart).await;
+    poison_crash(
+        "poison-crash-retries2-1x-new-names",
+        2,
+        1,
+        Naming::NewEachRestart,
+    )
+    .await;
 }
 
 /// As above with `retries = 0` and two consumers (one restarted under new names, one claiming).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_crash_loop_with_new_consumer_names_and_retries_0() {
-    poison_crash("poison-crash-retries0-2x-new-names", 0, 2, Naming::NewEachRestart).await;
+    poison_crash(
+        "poison-crash-retries0-2x-new-names",
+        0,
+        2,
+        Naming::NewEachRestart,
+    )
+    .await;
 }
