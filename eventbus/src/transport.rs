@@ -509,6 +509,11 @@ async fn supervise(weak: Weak<SharedInner>, stop: CancellationToken) {
         };
         drop(conn);
         let Some(inner) = weak.upgrade() else { return };
+        if inner.generation.load(Ordering::Acquire) != generation {
+            // The connection probed was replaced meanwhile: its result says nothing about the
+            // one in use now.
+            continue;
+        }
         let failure = match result {
             Ok(Ok(Probe::Primary)) => {
                 inner.stats.connected.store(true, Ordering::Relaxed);
