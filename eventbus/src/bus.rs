@@ -211,8 +211,10 @@ impl Publisher {
         retry: &mut Retry,
         deadline: Instant,
     ) -> Option<Error> {
-        self.conn
-            .publish_failed(format!("publish of `{}` failed: {error}", E::NAME), Some(&error));
+        self.conn.publish_failed(
+            format!("publish of `{}` failed: {error}", E::NAME),
+            Some(&error),
+        );
         if retry.wait(E::NAME, &error, deadline).await {
             retry.last = Some(error);
             return None;
@@ -334,15 +336,21 @@ impl Bus {
 
     /// Publishes an event durably (`XADD` to its stream) and returns its id.
     ///
-    /// Connection errors (refused, dropped, timed out) are retried up to three times with
-    /// backoff, resending the same envelope: when a reply was lost, the event may be stored twice,
-    /// both copies with the same id (consumers deduplicate by id). An `Err` means the event may or
-    /// may not have been stored; a retry by the caller then gets a new id.
+    /// Transient failures (a refused, dropped or timed-out connection; `READONLY` or
+    /// `MASTERDOWN` while the bus moves to a new primary; `LOADING`, `BUSY`, `TRYAGAIN`) are
+    /// retried with backoff (50 ms doubling up to 1 s), resending the same envelope, until
+    /// `publish_timeout` (default 10 s, `EVENTBUS_PUBLISH_TIMEOUT`) has passed: the whole call,
+    /// retries included, never takes longer. When a reply was lost the event may be stored
+    /// twice, both copies with the same id (consumers deduplicate by id). An `Err` means the
+    /// event may or may not have been stored; a retry by the caller then gets a new id.
     ///
     /// # Errors
     ///
     /// [`Error::Encode`] when the event does not serialize, [`Error::PayloadTooLarge`] when its
-    /// envelope exceeds the configured maximum, [`Error::Redis`] when Redis fails.
+    /// envelope exceeds the configured maximum (neither counts as a connection failure in
+    /// [`health`](Self::health)), [`Error::Timeout`] when `publish_timeout` passed (its
+    /// `last_error` says why), [`Error::Permission`] or [`Error::Redis`] when Redis refused it
+    /// for good (not retried).
     pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<EventId> {
         self.inner.publisher.publish(event, &Meta::default()).await
     }
@@ -364,9 +372,9 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// As [`publish`](Self::publish): a connection error retries the whole pipeline, so events
-    /// stored before the error may be stored twice (same ids); an `Err` means any of them may or
-    /// may not have been stored.
+    /// As [`publish`](Self::publish), within one `publish_timeout` for the whole batch: a
+    /// transient error retries the whole pipeline, so events stored before the error may be
+    /// stored twice (same ids); an `Err` means any of them may or may not have been stored.
     pub async fn publish_batch<E: DomainEvent>(&self, events: &[E]) -> Result<Vec<EventId>> {
         self.inner
             .publisher

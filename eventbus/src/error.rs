@@ -269,7 +269,9 @@ mod tests {
             assert!(is_transient(&parsed(reply)), "{reply}");
         }
         assert!(!is_transient(&parsed("-NOPERM no permissions\r\n")));
-        assert!(!is_transient(&parsed("-WRONGTYPE Operation against a key\r\n")));
+        assert!(!is_transient(&parsed(
+            "-WRONGTYPE Operation against a key\r\n"
+        )));
         assert!(!is_transient(&parsed("-OOM command not allowed\r\n")));
         let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         assert!(is_transient(&io));

@@ -189,10 +189,14 @@ async fn failover_behind_a_stable_address_resumes_on_the_new_primary() {
         .query_async::<()>(&mut a_conn)
         .await
         .expect("FAILOVER on A");
-    wait_until(Duration::from_secs(20), "A demoted and B promoted", || async {
-        info(&a, "replication").await.contains("role:slave")
-            && info(&b, "replication").await.contains("role:master")
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "A demoted and B promoted",
+        || async {
+            info(&a, "replication").await.contains("role:slave")
+                && info(&b, "replication").await.contains("role:master")
+        },
+    )
     .await;
     proxy.set_upstream(b.port());
     let switched = Instant::now();
@@ -201,7 +205,13 @@ async fn failover_behind_a_stable_address_resumes_on_the_new_primary() {
     let marker = total;
     let publish = publish_marker(&bus, &checker, marker, switched).await;
     println!("recovery failover_publish_ms={}", publish.as_millis());
-    let resume = time_handled(&checker, marker, switched, "the marker published on B handled").await;
+    let resume = time_handled(
+        &checker,
+        marker,
+        switched,
+        "the marker published on B handled",
+    )
+    .await;
     println!("recovery failover_resume_ms={}", resume.as_millis());
     load.finish(Duration::from_secs(120)).await;
     settle(&b, &checker, &stream, scenario).await;
@@ -287,7 +297,13 @@ async fn half_open_flows_are_replaced() {
 
     let marker = total;
     let publish = publish_marker(&bus, &checker, marker, cut).await;
-    let resume = time_handled(&checker, marker, cut, "the marker published after the black-holing handled").await;
+    let resume = time_handled(
+        &checker,
+        marker,
+        cut,
+        "the marker published after the black-holing handled",
+    )
+    .await;
     println!(
         "recovery half_open_publish_ms={} half_open_resume_ms={}",
         publish.as_millis(),
@@ -345,7 +361,9 @@ async fn publish_timeout_bounds_a_publish_to_a_frozen_redis() {
         .build()
         .await
         .expect("publish-only bus");
-    bus.publish(&tick(0)).await.expect("publish before the freeze");
+    bus.publish(&tick(0))
+        .await
+        .expect("publish before the freeze");
     assert!(bus.health().is_healthy(), "{:?}", bus.health());
 
     server.signal("STOP");
@@ -418,7 +436,9 @@ async fn publish_only_health_follows_the_server_without_traffic() {
         down.as_millis(),
         up.as_millis()
     );
-    bus.publish(&tick(1)).await.expect("publish after the restart");
+    bus.publish(&tick(1))
+        .await
+        .expect("publish after the restart");
 }
 
 /// Every connection the bus makes (shared, a reader's blocking one, the broadcast subscriber's)
@@ -440,7 +460,9 @@ async fn every_connection_has_tcp_keepalive() {
         .await
         .expect("bus");
     let running = bus.start().await.expect("start");
-    bus.publish(&Ping { n: 1 }).await.expect("broadcast publish");
+    bus.publish(&Ping { n: 1 })
+        .await
+        .expect("broadcast publish");
     // Only the bus connects to this server now: every established connection to it is the bus's.
     let mut last = Vec::new();
     wait_until(
