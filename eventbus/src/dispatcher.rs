@@ -5,9 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::transport::SharedConn;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
+use crate::transport::SharedConn;
 use redis::streams::StreamPendingCountReply;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -607,7 +607,11 @@ async fn maintain(shared: Arc<Shared>) {
     }
 }
 
-async fn ensure_group(conn: &mut SharedConn, stream: &str, group: &str) -> redis::RedisResult<()> {
+async fn ensure_group(
+    conn: &mut SharedConn,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
     let r = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::transport::SharedConn;
 use redis::Value;
+use crate::transport::SharedConn;
 use redis::streams::StreamRangeReply;
 
 use crate::bus::BusInner;

@@ -6,8 +6,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::transport::SharedConn;
 use futures_util::FutureExt;
+use crate::transport::SharedConn;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
