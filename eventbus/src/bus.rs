@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::transport::SharedConn;
+use crate::transport::{Bounded, SharedConn};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,35 +63,47 @@ pub(crate) struct Publisher {
     source: Arc<str>,
     max_len: Option<usize>,
     max_payload: usize,
+    /// The bound on one publish call, retries included.
+    publish_timeout: Duration,
 }
 
-/// The retry schedule of one publish: transient errors are retried, with the same ids, after
-/// 50 ms, 100 ms, 200 ms, up to [`PUBLISH_ATTEMPTS`] attempts in all.
+/// The retry schedule of one publish call: transient errors are retried, with the same ids,
+/// after 50 ms, 100 ms, 200 ms, ... (capped at [`PUBLISH_BACKOFF_MAX`]) until the call's
+/// `publish_timeout` passes.
 struct Retry {
-    attempt: u32,
     delay: Duration,
+    /// The error of the attempt just retried, kept for a timeout's message.
+    last: Option<redis::RedisError>,
 }
 
 impl Default for Retry {
     fn default() -> Self {
         Retry {
-            attempt: 1,
-            delay: Duration::from_millis(50),
+            delay: PUBLISH_BACKOFF_MIN,
+            last: None,
         }
     }
 }
 
 impl Retry {
-    /// Waits before the next attempt and returns true when `error` is worth retrying and
-    /// attempts are left; false (at once) otherwise.
-    async fn wait(&mut self, event: &'static str, error: &redis::RedisError) -> bool {
-        if self.attempt >= PUBLISH_ATTEMPTS || !crate::error::is_transient(error) {
+    /// Waits before the next attempt and returns true when `error` is worth retrying and the
+    /// next attempt can start before `deadline`; false otherwise (at once when not transient).
+    async fn wait(
+        &mut self,
+        event: &'static str,
+        error: &redis::RedisError,
+        deadline: Instant,
+    ) -> bool {
+        if !crate::error::is_transient(error) {
             return false;
         }
-        tracing::debug!(event_name = event, error = %error, attempt = self.attempt, "publish failed; retrying");
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left <= self.delay {
+            return false;
+        }
+        tracing::debug!(event_name = event, error = %error, delay = ?self.delay, "publish failed; retrying");
         tokio::time::sleep(self.delay).await;
-        self.delay *= 2;
-        self.attempt += 1;
+        self.delay = (self.delay * 2).min(PUBLISH_BACKOFF_MAX);
         true
     }
 }
@@ -156,22 +169,73 @@ impl Publisher {
         }
     }
 
-    /// One event through the coalescer. A retry after a transient error encodes the event again
-    /// with the same id (so the happy path never copies the command).
+    /// One event through the coalescer, bounded by `publish_timeout`. A retry after a transient
+    /// error encodes the event again with the same id (so the happy path never copies the
+    /// command).
     pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
         let key = self.key::<E>();
         let head = envelope::Head::new::<E>(&self.source, meta);
         let time = SystemTime::now();
         let id = EventId::at(time);
+        let deadline = Instant::now() + self.publish_timeout;
         let mut retry = Retry::default();
         loop {
             let cmd = self.command(&key, &head, &id, time, event)?;
-            match self.coalescer.query(cmd).await {
-                Ok(_) => return Ok(id),
-                Err(e) if retry.wait(E::NAME, &e).await => {}
-                Err(e) => return Err(Error::redis_key(Self::command_name::<E>(), &key)(e)),
+            let generation = self.conn.generation();
+            let error = match self
+                .conn
+                .bounded(self.coalescer.query(cmd), generation, deadline)
+                .await
+            {
+                Bounded::Done(Ok(_)) => {
+                    self.conn.publish_succeeded();
+                    return Ok(id);
+                }
+                Bounded::Done(Err(e)) => e,
+                // Stuck on a connection that was replaced meanwhile: send it on the new one.
+                Bounded::Replaced => continue,
+                Bounded::Elapsed => return Err(self.timed_out::<E>(retry.last.take())),
+            };
+            if let Some(e) = self.give_up::<E>(&key, error, &mut retry, deadline).await {
+                return Err(e);
             }
         }
+    }
+
+    /// After a failed attempt: records it in health, then waits for the next attempt (`None`)
+    /// or returns the call's error.
+    async fn give_up<E: DomainEvent>(
+        &self,
+        key: &str,
+        error: redis::RedisError,
+        retry: &mut Retry,
+        deadline: Instant,
+    ) -> Option<Error> {
+        self.conn.publish_failed(
+            format!("publish of `{}` failed: {error}", E::NAME),
+            Some(&error),
+        );
+        if retry.wait(E::NAME, &error, deadline).await {
+            retry.last = Some(error);
+            return None;
+        }
+        if crate::error::is_transient(&error) {
+            return Some(self.timed_out::<E>(Some(error)));
+        }
+        self.conn.count_publish_error();
+        Some(Error::redis_key(Self::command_name::<E>(), key)(error))
+    }
+
+    /// The error of a publish call whose `publish_timeout` passed.
+    fn timed_out<E: DomainEvent>(&self, last_error: Option<redis::RedisError>) -> Error {
+        let error = Error::Timeout {
+            operation: format!("publish of `{}`", E::NAME),
+            limit: self.publish_timeout,
+            last_error: last_error.map(|e| e.to_string()),
+        };
+        self.conn.publish_failed(error.to_string(), None);
+        self.conn.count_publish_error();
+        error
     }
 
     pub(crate) async fn publish_batch<E: DomainEvent>(
@@ -197,13 +261,23 @@ impl Publisher {
         }
         // Transient connection errors resend the same pipeline (same ids), so a retry after a
         // lost reply may store an event twice, both copies carrying one id.
-        let mut conn = self.conn.clone();
+        let deadline = Instant::now() + self.publish_timeout;
         let mut retry = Retry::default();
         loop {
-            match pipe.query_async::<redis::Value>(&mut conn).await {
-                Ok(_) => return Ok(ids),
-                Err(e) if retry.wait(E::NAME, &e).await => {}
-                Err(e) => return Err(Error::redis_key(Self::command_name::<E>(), &key)(e)),
+            let mut conn = self.conn.clone();
+            let generation = self.conn.generation();
+            let query = pipe.query_async::<redis::Value>(&mut conn);
+            let error = match self.conn.bounded(query, generation, deadline).await {
+                Bounded::Done(Ok(_)) => {
+                    self.conn.publish_succeeded();
+                    return Ok(ids);
+                }
+                Bounded::Done(Err(e)) => e,
+                Bounded::Replaced => continue,
+                Bounded::Elapsed => return Err(self.timed_out::<E>(retry.last.take())),
+            };
+            if let Some(e) = self.give_up::<E>(&key, error, &mut retry, deadline).await {
+                return Err(e);
             }
         }
     }
@@ -240,6 +314,7 @@ impl Bus {
             source: config.service.as_str().into(),
             max_len: config.max_len,
             max_payload: config.max_payload,
+            publish_timeout: config.publish_timeout,
         };
         tracing::debug!(
             namespace = %config.namespace,
@@ -262,15 +337,21 @@ impl Bus {
 
     /// Publishes an event durably (`XADD` to its stream) and returns its id.
     ///
-    /// Connection errors (refused, dropped, timed out) are retried up to three times with
-    /// backoff, resending the same envelope: when a reply was lost, the event may be stored twice,
-    /// both copies with the same id (consumers deduplicate by id). An `Err` means the event may or
-    /// may not have been stored; a retry by the caller then gets a new id.
+    /// Transient failures (a refused, dropped or timed-out connection; `READONLY` or
+    /// `MASTERDOWN` while the bus moves to a new primary; `LOADING`, `BUSY`, `TRYAGAIN`) are
+    /// retried with backoff (50 ms doubling up to 1 s), resending the same envelope, until
+    /// `publish_timeout` (default 10 s, `EVENTBUS_PUBLISH_TIMEOUT`) has passed: the whole call,
+    /// retries included, never takes longer. When a reply was lost the event may be stored
+    /// twice, both copies with the same id (consumers deduplicate by id). An `Err` means the
+    /// event may or may not have been stored; a retry by the caller then gets a new id.
     ///
     /// # Errors
     ///
     /// [`Error::Encode`] when the event does not serialize, [`Error::PayloadTooLarge`] when its
-    /// envelope exceeds the configured maximum, [`Error::Redis`] when Redis fails.
+    /// envelope exceeds the configured maximum (neither counts as a connection failure in
+    /// [`health`](Self::health)), [`Error::Timeout`] when `publish_timeout` passed (its
+    /// `last_error` says why), [`Error::Permission`] or [`Error::Redis`] when Redis refused it
+    /// for good (not retried).
     pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<EventId> {
         self.inner.publisher.publish(event, &Meta::default()).await
     }
@@ -292,9 +373,9 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// As [`publish`](Self::publish): a connection error retries the whole pipeline, so events
-    /// stored before the error may be stored twice (same ids); an `Err` means any of them may or
-    /// may not have been stored.
+    /// As [`publish`](Self::publish), within one `publish_timeout` for the whole batch: a
+    /// transient error retries the whole pipeline, so events stored before the error may be
+    /// stored twice (same ids); an `Err` means any of them may or may not have been stored.
     pub async fn publish_batch<E: DomainEvent>(&self, events: &[E]) -> Result<Vec<EventId>> {
         self.inner
             .publisher
@@ -410,8 +491,11 @@ impl Bus {
     }
 }
 
-/// Publish attempts on transient connection errors.
-const PUBLISH_ATTEMPTS: u32 = 4;
+/// The wait before a publish's first retry; it doubles up to [`PUBLISH_BACKOFF_MAX`].
+const PUBLISH_BACKOFF_MIN: Duration = Duration::from_millis(50);
+
+/// The longest wait between two attempts of one publish.
+const PUBLISH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Streams are the only copy of undelivered events: warn (or refuse) when Redis may evict them.
 async fn check_eviction(conn: &mut SharedConn, config: &Config) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Auto-pipelining for single publishes: concurrent `publish` calls on one bus are sent together
 //! as one pipeline, like a hand-written pipeline would, while a lone publish goes out at once.
 
-use crate::transport::SharedConn;
+use crate::transport::{Bounded, SharedConn};
 use redis::{Cmd, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -115,11 +115,33 @@ async fn write(mut rx: mpsc::UnboundedReceiver<Job>, conn: SharedConn) {
     }
 }
 
-/// Sends one batch of jobs (a lone command as it is) and hands every job its reply.
+/// The error a job gets when its pipeline was still waiting on a connection that was replaced
+/// meanwhile (a dead flow): transient, so its publisher sends it again on the new connection.
+fn replaced() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the shared connection was replaced while the publish waited for its reply",
+    ))
+}
+
+/// How long a pipeline may wait in the writer at most, besides the connection's own response
+/// timeout: effectively no limit (a replacement of the connection ends the wait sooner).
+const NO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Sends one batch of jobs (a lone command as it is) and hands every job its reply. A batch
+/// still waiting when the connection is replaced (a dead flow) gives up at once, so a stuck
+/// pipeline never holds one of the [`MAX_IN_FLIGHT`] slots until its response timeout.
 async fn send(mut jobs: Vec<Job>, mut conn: SharedConn) {
+    let generation = conn.generation();
+    let deadline = tokio::time::Instant::now() + NO_DEADLINE;
     if jobs.len() == 1 {
         if let Some(job) = jobs.pop() {
-            let result = job.cmd.query_async::<Value>(&mut conn).await;
+            let shared = conn.clone();
+            let query = job.cmd.query_async::<Value>(&mut conn);
+            let result = match shared.bounded(query, generation, deadline).await {
+                Bounded::Done(r) => r,
+                Bounded::Replaced | Bounded::Elapsed => Err(replaced()),
+            };
             let _ = job.reply.send(result);
         }
         return;
@@ -133,7 +155,13 @@ async fn send(mut jobs: Vec<Job>, mut conn: SharedConn) {
     }
     // With ignore_errors each command gets its own result: one command's server error
     // (NOPERM, OOM) does not fail the others.
-    match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
+    let shared = conn.clone();
+    let query = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
+    let result = match shared.bounded(query, generation, deadline).await {
+        Bounded::Done(r) => r,
+        Bounded::Replaced | Bounded::Elapsed => Err(replaced()),
+    };
+    match result {
         Ok(results) if results.len() == replies.len() => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);

@@ -227,15 +227,53 @@ impl Error {
     }
 }
 
-/// Connection-level failures that a retry may get past.
+/// Failures that a retry may get past: connection-level ones (I/O error, timeout, dropped or
+/// refused connection) and server answers that pass by themselves (`READONLY` and `MASTERDOWN`
+/// while the connection moves to the new primary, `LOADING`, `BUSY`, `TRYAGAIN`,
+/// `CLUSTERDOWN`). Classified by kind and code. `MOVED`/`ASK` are not: against a non-cluster
+/// client the same command would be redirected again, forever.
 pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
-        || e.is_cluster_error()
         || matches!(
             e.code(),
-            Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "BUSY")
+            Some("READONLY" | "MASTERDOWN" | "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN")
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(reply: &str) -> redis::RedisError {
+        match redis::parse_redis_value(reply.as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn moved_and_ask_are_not_transient() {
+        assert!(!is_transient(&parsed("-MOVED 3999 127.0.0.1:6381\r\n")));
+        assert!(!is_transient(&parsed("-ASK 3999 127.0.0.1:6381\r\n")));
+        for reply in [
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-MASTERDOWN Link with MASTER is down\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-BUSY Redis is busy running a script\r\n",
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-CLUSTERDOWN The cluster is down\r\n",
+        ] {
+            assert!(is_transient(&parsed(reply)), "{reply}");
+        }
+        assert!(!is_transient(&parsed("-NOPERM no permissions\r\n")));
+        assert!(!is_transient(&parsed(
+            "-WRONGTYPE Operation against a key\r\n"
+        )));
+        assert!(!is_transient(&parsed("-OOM command not allowed\r\n")));
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(is_transient(&io));
+    }
 }

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 pub mod acl;
 pub mod chaos;
 pub mod logs;
+pub mod proxy;
 pub mod tls;
 
 /// How a test server persists data.
