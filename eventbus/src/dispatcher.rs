@@ -249,7 +249,7 @@ impl Reader {
                             error = %e,
                             "permission denied by the Redis ACL: grant this user the namespace's keys and the stream commands (see the README's ACL section)"
                         );
-                    } else if needs_new_connection(&e) {
+                    } else if transport::needs_new_connection(&e) {
                         tracing::warn!(handler = self.group(), error = %e, "reader connection lost; reconnecting");
                         self.conn = None;
                         stats
@@ -1042,20 +1042,6 @@ async fn run_entry(shared: &Shared, entry: &Entry, charges: &mut Charges<'_>) ->
         });
     };
     shared.runner.run_charged(raw, charges).await
-}
-
-/// Whether a read error means the blocking connection must be replaced: it is dead (I/O,
-/// timeout, dropped), or pinned to a server that is no longer the primary (`READONLY`,
-/// `MASTERDOWN`, `UNBLOCKED` after a demotion), or the server is loading.
-fn needs_new_connection(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_unrecoverable_error()
-        || matches!(
-            e.code(),
-            Some("READONLY" | "MASTERDOWN" | "UNBLOCKED" | "LOADING")
-        )
 }
 
 /// A stream entry id as `(milliseconds, sequence)`, for ordering.

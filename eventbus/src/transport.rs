@@ -591,10 +591,10 @@ fn is_connection_level(e: &redis::RedisError) -> bool {
 /// demoted primary sends to blocked clients before closing them), or it is broken (I/O error,
 /// timeout, dropped or refused, or a reply that does not parse). For the blocking readers'
 /// error path; the shared connection heals by itself ([`SharedConn::report`]).
-#[allow(dead_code)] // wired into the blocking reader's error path by dispatcher.rs
 pub(crate) fn needs_new_connection(e: &redis::RedisError) -> bool {
     matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "UNBLOCKED"))
         || e.kind() == redis::ErrorKind::Parse
+        || e.is_unrecoverable_error()
         || is_connection_level(e)
 }
 
