@@ -315,7 +315,13 @@ impl Shared {
     async fn leave_group(&self) {
         // ops: one server-side step, removes the consumer only when it has nothing pending.
         let mut conn = self.bus.conn.clone();
-        let _ = crate::stream_checks::leave_group(&mut conn, &self.stream, self.handler.name, &self.consumer).await;
+        let _ = crate::stream_checks::leave_group(
+            &mut conn,
+            &self.stream,
+            self.handler.name,
+            &self.consumer,
+        )
+        .await;
     }
 
     /// How many entries this reader may hold at once (plus a page of claims): the count for
@@ -563,7 +569,14 @@ async fn maintain(shared: Arc<Shared>) {
         }
         if now >= next_claim && !shared.cancel.is_cancelled() {
             // ops: entries trimmed before this group read them (health `trimmed_unread`).
-            crate::stream_checks::check_trimmed(&mut shared.bus.conn.clone(), &shared.stream, shared.handler.name, &mut trim_watch, &shared.stats).await;
+            crate::stream_checks::check_trimmed(
+                &mut shared.bus.conn.clone(),
+                &shared.stream,
+                shared.handler.name,
+                &mut trim_watch,
+                &shared.stats,
+            )
+            .await;
             if let Err(e) = shared.claim_abandoned().await {
                 Stats::add(&shared.stats.claim_errors, 1);
                 tracing::warn!(handler = shared.handler.name, error = %e, "claiming abandoned entries failed");

@@ -156,7 +156,14 @@ const DEAD_LETTERS: &[Command] = &[
     req(
         "XRANGE",
         "+xrange",
-        &[Lit("XRANGE"), Dlq, Lit("-"), Lit("+"), Lit("COUNT"), Lit("1")],
+        &[
+            Lit("XRANGE"),
+            Dlq,
+            Lit("-"),
+            Lit("+"),
+            Lit("COUNT"),
+            Lit("1"),
+        ],
         "list and replay dead letters",
     ),
     req(
@@ -288,7 +295,14 @@ const DURABLE: &[Command] = &[
     req(
         "XRANGE",
         "+xrange",
-        &[Lit("XRANGE"), Stream, Lit("-"), Lit("+"), Lit("COUNT"), Lit("1")],
+        &[
+            Lit("XRANGE"),
+            Stream,
+            Lit("-"),
+            Lit("+"),
+            Lit("COUNT"),
+            Lit("1"),
+        ],
         "read claimed events",
     ),
     req(
@@ -324,14 +338,7 @@ const DURABLE: &[Command] = &[
     req(
         "EVALSHA",
         "+evalsha",
-        &[
-            Lit("EVALSHA"),
-            Sha,
-            Lit("3"),
-            Stream,
-            Dlq,
-            Attempts,
-        ],
+        &[Lit("EVALSHA"), Sha, Lit("3"), Stream, Dlq, Attempts],
         "run the bus's scripts (dead letter and ack, replay, leaving the group)",
     ),
     req(
@@ -354,7 +361,12 @@ const DURABLE: &[Command] = &[
         &[Lit("MULTI")],
         "write dead letters atomically",
     ),
-    req("EXEC", "+exec", &[Lit("EXEC")], "write dead letters atomically"),
+    req(
+        "EXEC",
+        "+exec",
+        &[Lit("EXEC")],
+        "write dead letters atomically",
+    ),
     opt(
         "XGROUP DELCONSUMER",
         "+xgroup|delconsumer",
@@ -413,7 +425,12 @@ const BROADCAST: &[Command] = &[
         &[Lit("MULTI")],
         "write dead letters atomically",
     ),
-    req("EXEC", "+exec", &[Lit("EXEC")], "write dead letters atomically"),
+    req(
+        "EXEC",
+        "+exec",
+        &[Lit("EXEC")],
+        "write dead letters atomically",
+    ),
 ];
 
 /// A publish-only bus: publishing each registered event.
@@ -761,12 +778,28 @@ mod tests {
         ] {
             for c in commands {
                 assert!(MINIMAL_RULES.contains(&c.rule), "{} ({})", c.rule, c.name);
-                assert!(c.name.starts_with(c.rule[1..].split('|').next().unwrap_or("")
-                    .to_ascii_uppercase().as_str()), "{} vs {}", c.name, c.rule);
+                assert!(
+                    c.name.starts_with(
+                        c.rule[1..]
+                            .split('|')
+                            .next()
+                            .unwrap_or("")
+                            .to_ascii_uppercase()
+                            .as_str()
+                    ),
+                    "{} vs {}",
+                    c.name,
+                    c.rule
+                );
             }
         }
         let line = minimal_acl("svc", "orders");
-        assert!(line.starts_with("ACL SETUSER svc on >PASSWORD ~orders:* resetchannels &orders:* -@all +xadd "), "{line}");
+        assert!(
+            line.starts_with(
+                "ACL SETUSER svc on >PASSWORD ~orders:* resetchannels &orders:* -@all +xadd "
+            ),
+            "{line}"
+        );
         assert!(line.contains("+acl|whoami +acl|dryrun"), "{line}");
     }
 
@@ -780,21 +813,46 @@ mod tests {
                 .unwrap_or_else(|| panic!("no check {args:?} in {checks:#?}"))
         };
         let claim = find(&[
-            "XAUTOCLAIM", "ns:{d.ev}", "h2", "c1", "1000", "0-0", "COUNT", "1", "JUSTID",
+            "XAUTOCLAIM",
+            "ns:{d.ev}",
+            "h2",
+            "c1",
+            "1000",
+            "0-0",
+            "COUNT",
+            "1",
+            "JUSTID",
         ]);
         assert_eq!(claim.needed_by, "handler `h2`");
         // One XADD to the stream, needed by both handlers of the event.
         let add = find(&["XADD", "ns:{d.ev}", "*", "envelope", "{}"]);
         assert_eq!(add.needed_by, "handler `h1`, handler `h2`");
         find(&["HINCRBY", "ns:{d.ev}:attempts", "0-1 h1", "1"]);
-        find(&["EVALSHA", &"0".repeat(40), "3", "ns:{d.ev}", "ns:{d.ev}:dlq", "ns:{d.ev}:attempts"]);
+        find(&[
+            "EVALSHA",
+            &"0".repeat(40),
+            "3",
+            "ns:{d.ev}",
+            "ns:{d.ev}:dlq",
+            "ns:{d.ev}:attempts",
+        ]);
         find(&["SUBSCRIBE", "ns:b.ev"]);
         find(&["XADD", "ns:{b.ev}:dlq", "*", "envelope", "{}"]);
         assert!(find(&["CLIENT", "ID"]).optional);
-        assert!(!checks.iter().any(|c| c.args[0] == "XREADGROUP" && c.args.contains(&"b1".to_owned())));
+        assert!(
+            !checks
+                .iter()
+                .any(|c| c.args[0] == "XREADGROUP" && c.args.contains(&"b1".to_owned()))
+        );
         let unique: std::collections::BTreeSet<_> = checks.iter().map(|c| &c.args).collect();
         assert_eq!(unique.len(), checks.len());
-        assert!(claim.describe().starts_with("XAUTOCLAIM `ns:{d.ev}` (`+xautoclaim`: "), "{}", claim.describe());
+        assert!(
+            claim
+                .describe()
+                .starts_with("XAUTOCLAIM `ns:{d.ev}` (`+xautoclaim`: "),
+            "{}",
+            claim.describe()
+        );
     }
 
     #[test]

@@ -337,10 +337,7 @@ pub(crate) async fn eval<C: ConnectionLike + Send, T: redis::FromRedisValue>(
         cmd.arg(first).arg(keys.len()).arg(keys).arg(args);
         cmd
     };
-    match build("EVALSHA", script.get_hash())
-        .query_async(conn)
-        .await
-    {
+    match build("EVALSHA", script.get_hash()).query_async(conn).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             build("EVAL", code).query_async(conn).await
         }
@@ -445,7 +442,10 @@ mod tests {
     fn a_group_behind_the_trimmed_head_lost_the_gap() {
         // 10 added (ids 1..=10), 2 read, trimmed to the last 3 (8, 9, 10): 3..=7 lost.
         let s = stream(3, 10, Some((8, 0)));
-        assert_eq!(lost_range(&s, &group((2, 0), Some(2), Some(8))), Some((2, 7)));
+        assert_eq!(
+            lost_range(&s, &group((2, 0), Some(2), Some(8))),
+            Some((2, 7))
+        );
         // Read counter unknown: from the lag.
         assert_eq!(lost_range(&s, &group((2, 0), None, Some(8))), Some((2, 7)));
         // A new group on a trimmed stream: what was removed before it existed is not its loss.
@@ -465,8 +465,14 @@ mod tests {
         // First entry at or before the group's position: everything after it is still there,
         // even when read entries (or unread ones, by XDEL) are gone.
         let s = stream(3, 10, Some((8, 0)));
-        assert_eq!(lost_range(&s, &group((8, 0), Some(8), Some(2))), Some((0, 0)));
-        assert_eq!(lost_range(&s, &group((9, 0), Some(9), Some(1))), Some((0, 0)));
+        assert_eq!(
+            lost_range(&s, &group((8, 0), Some(8), Some(2))),
+            Some((0, 0))
+        );
+        assert_eq!(
+            lost_range(&s, &group((9, 0), Some(9), Some(1))),
+            Some((0, 0))
+        );
         // Read everything, then the stream was emptied.
         assert_eq!(
             lost_range(&stream(0, 10, None), &group((10, 0), Some(10), Some(0))),
@@ -474,7 +480,10 @@ mod tests {
         );
         // Read 7, entries 1..=7 trimmed: the head is past the group's position, nothing unread
         // is gone.
-        assert_eq!(lost_range(&s, &group((7, 0), Some(7), Some(3))), Some((0, 0)));
+        assert_eq!(
+            lost_range(&s, &group((7, 0), Some(7), Some(3))),
+            Some((0, 0))
+        );
     }
 
     #[test]
@@ -506,10 +515,7 @@ mod tests {
             bulk("first-entry"),
             Value::Array(vec![bulk("17-3"), Value::Array(vec![bulk("a"), bulk("5")])]),
         ]);
-        assert_eq!(
-            parse_stream_info(info),
-            Some(stream(1, 5, Some((17, 3))))
-        );
+        assert_eq!(parse_stream_info(info), Some(stream(1, 5, Some((17, 3)))));
         let empty = Value::Map(vec![
             (bulk("length"), Value::Int(0)),
             (bulk("entries-added"), Value::Int(0)),

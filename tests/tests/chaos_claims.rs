@@ -643,7 +643,15 @@ async fn restart_under_the_same_name_skips_its_own_deleted_pending_entries() {
         &mut conn,
         "noclaim",
         // `-acl|whoami`: no start-up permission check, which would refuse this user.
-        &["on", ">pw", "~*", "&*", "+@all", "-xautoclaim", "-acl|whoami"],
+        &[
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-xautoclaim",
+            "-acl|whoami",
+        ],
     )
     .await;
 

@@ -187,7 +187,14 @@ async fn acl_denied_dead_letter_write_keeps_the_original_pending_until_granted()
         &mut admin,
         "svc",
         // `-acl|whoami`: no start-up permission check, which would refuse this user.
-        &["on", ">pw", &only_stream, "resetchannels", "+@all", "-acl|whoami"],
+        &[
+            "on",
+            ">pw",
+            &only_stream,
+            "resetchannels",
+            "+@all",
+            "-acl|whoami",
+        ],
     )
     .await;
     let url = format!("redis://svc:pw@127.0.0.1:{}", server.port());

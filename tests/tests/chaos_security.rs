@@ -427,7 +427,11 @@ async fn a_service_outside_its_acl_namespace_fails_at_build() {
         assert!(text.contains(needle), "the message has {needle:?}: {text}");
     }
     assert!(took < Duration::from_secs(2), "fast: {took:?}");
-    assert_eq!(acl::error_count(&mut admin, "NOPERM").await, 0, "nothing run for real");
+    assert_eq!(
+        acl::error_count(&mut admin, "NOPERM").await,
+        0,
+        "nothing run for real"
+    );
     assert_eq!(acl::command_calls(&mut admin, "xgroup|create").await, 0);
 }
 
@@ -447,7 +451,10 @@ async fn a_service_outside_its_acl_namespace_fails_fast_with_a_permission_error(
     let notes = Notes::default();
     let bus = builder(&url, &other, &notes).build().await.expect("build");
     let after_build = acl::error_count(&mut admin, "NOPERM").await;
-    assert_eq!(after_build, 1, "only ACL WHOAMI was denied (the check was skipped)");
+    assert_eq!(
+        after_build, 1,
+        "only ACL WHOAMI was denied (the check was skipped)"
+    );
 
     let started = Instant::now();
     let err = bus.start().await.expect_err("start is denied");
@@ -486,7 +493,9 @@ async fn a_service_outside_its_acl_namespace_fails_fast_with_a_permission_error(
 /// `ACL SETUSER <user> reset ...`.
 fn acl_rules_in(text: &str, user: &str) -> Vec<String> {
     let prefix = format!("ACL SETUSER {user} ");
-    let line = &text[text.find(&prefix).unwrap_or_else(|| panic!("no ACL line in {text}"))
+    let line = &text[text
+        .find(&prefix)
+        .unwrap_or_else(|| panic!("no ACL line in {text}"))
         + prefix.len()..];
     let line = line.split(')').next().unwrap_or(line);
     line.split_whitespace()
@@ -510,7 +519,13 @@ async fn a_missing_permission_is_a_startup_error_naming_it() {
         (&["+evalsha"], &["EVALSHA", "`+evalsha`"]),
         (
             &["+xautoclaim", "+evalsha", "+xinfo|stream"],
-            &["XAUTOCLAIM", "EVALSHA", "XINFO STREAM", "`+xinfo|stream`", "lacks 3 permissions"],
+            &[
+                "XAUTOCLAIM",
+                "EVALSHA",
+                "XINFO STREAM",
+                "`+xinfo|stream`",
+                "lacks 3 permissions",
+            ],
         ),
     ];
     let mut last_text = String::new();
@@ -548,7 +563,10 @@ async fn a_missing_permission_is_a_startup_error_naming_it() {
     acl::set_user(&mut admin, "svc", &rules).await;
     acl::reset_log(&mut admin).await;
     let notes = Notes::default();
-    let bus = builder(&url, &ns, &notes).build().await.expect("the minimal ACL builds");
+    let bus = builder(&url, &ns, &notes)
+        .build()
+        .await
+        .expect("the minimal ACL builds");
     let running = bus.start().await.expect("start");
     bus.publish(&note(1)).await.expect("publish");
     wait_until(Duration::from_secs(10), "handled", || {
@@ -575,7 +593,10 @@ async fn optional_permissions_and_an_unavailable_check_never_fail_startup() {
     let guard = tracing::subscriber::set_default(subscriber);
     service_user_without(&mut admin, "svc", &ns, OPTIONAL_RULES).await;
     let notes = Notes::default();
-    let bus = builder(&url, &ns, &notes).build().await.expect("builds without optional rules");
+    let bus = builder(&url, &ns, &notes)
+        .build()
+        .await
+        .expect("builds without optional rules");
     let running = bus.start().await.expect("start");
     bus.publish(&note(1)).await.expect("publish");
     wait_until(Duration::from_secs(10), "handled", || {
@@ -588,7 +609,9 @@ async fn optional_permissions_and_an_unavailable_check_never_fail_startup() {
     assert_eq!(optional.len(), OPTIONAL_RULES.len(), "{}", captured.text());
     for rule in OPTIONAL_RULES {
         assert!(
-            optional.iter().any(|e| e["fields"]["message"].as_str().is_some_and(|m| m.contains(rule))),
+            optional.iter().any(|e| e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(rule))),
             "{rule} is named: {}",
             captured.text()
         );
@@ -625,13 +648,25 @@ async fn a_publish_only_bus_is_checked_for_publishing_only() {
     let url = format!("redis://pub:pw@127.0.0.1:{}", server.port());
     let publisher = || {
         let mut b = Bus::builder();
-        b.redis_url(&url).namespace(&ns).handlers(Vec::<String>::new());
+        b.redis_url(&url)
+            .namespace(&ns)
+            .handlers(Vec::<String>::new());
         b
     };
     acl::set_user(
         &mut admin,
         "pub",
-        &["on", ">pw", &pattern, "resetchannels", "-@all", "+xadd", "+ping", "+acl|whoami", "+acl|dryrun"],
+        &[
+            "on",
+            ">pw",
+            &pattern,
+            "resetchannels",
+            "-@all",
+            "+xadd",
+            "+ping",
+            "+acl|whoami",
+            "+acl|dryrun",
+        ],
     )
     .await;
     let bus = publisher().build().await.expect("a publisher builds");
@@ -640,7 +675,16 @@ async fn a_publish_only_bus_is_checked_for_publishing_only() {
     acl::set_user(
         &mut admin,
         "pub",
-        &["on", ">pw", &pattern, "resetchannels", "-@all", "+ping", "+acl|whoami", "+acl|dryrun"],
+        &[
+            "on",
+            ">pw",
+            &pattern,
+            "resetchannels",
+            "-@all",
+            "+ping",
+            "+acl|whoami",
+            "+acl|dryrun",
+        ],
     )
     .await;
     let err = publisher().build().await.expect_err("no +xadd");

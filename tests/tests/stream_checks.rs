@@ -103,7 +103,9 @@ async fn counters(conn: &mut MultiplexedConnection, stream: &str, group: &str) -
         .expect("XINFO GROUPS");
     let ours = groups
         .iter()
-        .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()))
+        .find(
+            |g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()),
+        )
         .expect("the group exists");
     (added, length, int(ours.get("entries-read")))
 }
@@ -150,7 +152,9 @@ async fn entries_trimmed_before_a_lagging_handler_read_them_are_counted_and_warn
     let (added, length, read) = counters(&mut admin, &stream, GATED).await;
     assert_eq!(added, PUBLISHED);
     let lost = added - length - read;
-    println!("published {added}, left in the stream {length}, read by the group {read}: {lost} lost");
+    println!(
+        "published {added}, left in the stream {length}, read by the group {read}: {lost} lost"
+    );
     assert!(lost >= 150, "most entries were trimmed unread: {lost}");
     wait_until(
         Duration::from_secs(10),
@@ -171,14 +175,10 @@ async fn entries_trimmed_before_a_lagging_handler_read_them_are_counted_and_warn
 
     // Open the gate: everything still in the stream is handled; the loss is not reported again.
     notes.gate.send_replace(true);
-    wait_until(
-        Duration::from_secs(10),
-        "the rest handled",
-        || {
-            let handled = notes.handled().len() as u64;
-            async move { handled + lost == PUBLISHED }
-        },
-    )
+    wait_until(Duration::from_secs(10), "the rest handled", || {
+        let handled = notes.handled().len() as u64;
+        async move { handled + lost == PUBLISHED }
+    })
     .await;
     more_checks(&admin, 3).await;
     let health = running.health();
@@ -187,7 +187,11 @@ async fn entries_trimmed_before_a_lagging_handler_read_them_are_counted_and_warn
     let mut handled = notes.handled();
     handled.sort_unstable();
     handled.dedup();
-    assert_eq!(handled.len() as u64 + lost, PUBLISHED, "each note handled once or lost");
+    assert_eq!(
+        handled.len() as u64 + lost,
+        PUBLISHED,
+        "each note handled once or lost"
+    );
     running.shutdown().await.expect("shutdown");
 }
 
@@ -298,7 +302,10 @@ async fn a_handler_that_keeps_up_reports_no_trimmed_entries() {
         more_checks(&admin, 1).await;
     }
     let (added, length, _) = counters(&mut admin, &stream, FAST).await;
-    assert!(added - length >= 80, "the stream was trimmed: {added} added, {length} left");
+    assert!(
+        added - length >= 80,
+        "the stream was trimmed: {added} added, {length} left"
+    );
     more_checks(&admin, 3).await;
     let health = running.health();
     running.shutdown().await.expect("shutdown");
@@ -544,5 +551,8 @@ async fn leaving_the_group_never_discards_entries_of_a_process_with_the_same_nam
         discarded.len()
     );
     assert!(removed > 0, "the consumer left its group at least once");
-    assert!(discarded.is_empty(), "entries discarded by DELCONSUMER: {discarded:?}");
+    assert!(
+        discarded.is_empty(),
+        "entries discarded by DELCONSUMER: {discarded:?}"
+    );
 }
