@@ -12,8 +12,9 @@
 //! its stream, group and consumer, of its dead letters and of its attempt counts; for each
 //! broadcast handler, `SUBSCRIBE` and `PUBLISH` on its channel and the dead-letter commands; for a
 //! publish-only bus (`.handlers([])`), only `XADD`/`PUBLISH` for every registered event, and
-//! `PING`. Optional commands (`CLIENT ID`/`UNBLOCK`, `CONFIG GET`, `XGROUP DELCONSUMER`) are
-//! logged when denied and never fail start-up.
+//! `PING`: it may link event types it never publishes, so it fails only when it may publish
+//! none of them, and warns about each other denial. Optional commands (`CLIENT ID`/`UNBLOCK`,
+//! `CONFIG GET`, `XGROUP DELCONSUMER`) are logged when denied and never fail start-up.
 
 use std::collections::BTreeMap;
 
@@ -706,6 +707,23 @@ pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
         tracing::debug!(user = %user, checked = checks.len(), "Redis ACL permits every command the bus needs");
         return Ok(());
     };
+    // A publish-only bus may link event types it never publishes: it fails only when it can
+    // publish nothing at all (a wrong namespace, no `+xadd`); single denials are warnings.
+    let publishes = |c: &&Check| c.name != "PING";
+    let allowed_publishes = checks
+        .iter()
+        .zip(&verdicts)
+        .filter(|(c, v)| publishes(c) && !matches!(v, Verdict::Denied(_)))
+        .count();
+    if handlers.is_empty() && allowed_publishes > 0 {
+        for m in &missing {
+            tracing::warn!(
+                user = %user,
+                "publishing may fail: the Redis user lacks a permission: {m}; grant it if this service publishes that event"
+            );
+        }
+        return Ok(());
+    }
     Err(Error::Permission {
         command,
         detail: format!(
