@@ -670,7 +670,7 @@ pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
     if let Some(Verdict::Failed(e)) = verdicts
         .iter()
         .find(|v| matches!(v, Verdict::Failed(e) if e.code() == Some("NOPERM")))
-        .or_else(|| (failures == verdicts.len()).then(|| &verdicts[0]))
+        .or_else(|| verdicts.first().filter(|_| failures == verdicts.len()))
     {
         skipped(e);
         return Ok(());
