@@ -74,7 +74,7 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 ///     Ok(())
 /// }
 ///
-/// #[event_handler(name = "projection.chat", retries = 5, backoff = "100ms", max_backoff = "10s", concurrency = 8)]
+/// #[event_handler(name = "projection.chat", retries = 5, backoff = "100ms", max_backoff = "10s", timeout = "30s", concurrency = 8)]
 /// async fn project(ev: ChatCreated, ctx: Context, db: State<Db>) -> Result<(), MyError> {
 ///     Ok(())
 /// }
@@ -89,10 +89,11 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 ///
 /// | key | default | |
 /// |---|---|---|
-/// | `name = "..."` | `module_path!()::fn_name` | the consumer group; non-empty, no whitespace |
+/// | `name = "..."` | `module_path!()::fn_name` | the consumer group; 1 to 200 characters, no whitespace, control characters, braces or glob characters (`*`, `?`, `[`, `]`, `\`) |
 /// | `retries = N` | bus default | retries after the first attempt |
 /// | `backoff = "100ms"` | bus default | first retry delay, a `humantime` duration |
-/// | `max_backoff = "10s"` | bus default | cap on any delay, at least `backoff` |
+/// | `max_backoff = "10s"` | bus default | cap on any delay, at least `backoff` (a bus default shorter than this handler's `backoff` never undercuts it) |
+/// | `timeout = "30s"` | bus default (`handler_timeout`, `5m`) | how long one attempt may run; a longer one is cancelled and fails like an error (retried, then dead-lettered) |
 /// | `concurrency = N` | bus default | runs in flight at once, at least 1 |
 /// | `crate = "path"` | `::eventbus` | where to find `eventbus` if it is renamed |
 ///

@@ -28,6 +28,8 @@ pub(crate) const RETRIES: Symbol = Symbol("retries");
 pub(crate) const BACKOFF: Symbol = Symbol("backoff");
 /// `max_backoff = "10s"` (handler).
 pub(crate) const MAX_BACKOFF: Symbol = Symbol("max_backoff");
+/// `timeout = "30s"` (handler): how long one attempt may run.
+pub(crate) const TIMEOUT: Symbol = Symbol("timeout");
 /// `concurrency = N` (handler).
 pub(crate) const CONCURRENCY: Symbol = Symbol("concurrency");
 

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -14,48 +14,99 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::BusInner;
 use crate::config::Overflow;
+use crate::dlq::Failure;
 use crate::error::{Error, Result};
 use crate::handler::HandlerRegistration;
 use crate::health::Stats;
 use crate::pipeline::{Outcome, Runner};
 use crate::transport;
 
+/// One received message. Every handler's queue holds the same allocation: a message is copied
+/// out of the connection's buffer once, never once per handler.
+type Payload = Arc<[u8]>;
+
+/// How many dead letters for oversized messages may be waiting to be written at once (Redis
+/// slow or refusing); past that, an oversized message is dropped and counted instead, so that a
+/// flood of them cannot pile up tasks.
+const MAX_PENDING_REJECTS: usize = 64;
+
+/// How much of an oversized message its dead letter keeps, like the pipeline's.
+const REJECTED_ENVELOPE_BYTES: usize = 4096;
+
 /// A bounded queue between the subscriber and one handler's runs, so that a slow handler never
 /// makes the subscriber fall behind (Redis disconnects subscribers whose output buffer grows).
+/// Bounded twice: by count (`broadcast_queue`) and by the bytes of the queued payloads
+/// (`broadcast_queue_bytes`).
 struct Queue {
-    items: Mutex<VecDeque<Vec<u8>>>,
+    state: Mutex<Queued>,
     notify: Notify,
     capacity: usize,
+    max_bytes: usize,
     overflow: Overflow,
 }
 
+#[derive(Default)]
+struct Queued {
+    items: VecDeque<Payload>,
+    /// The sum of the queued payloads' lengths.
+    bytes: usize,
+}
+
 impl Queue {
-    /// Adds a message; false when one was dropped (the new one or the oldest).
-    fn push(&self, item: Vec<u8>) -> bool {
-        let Ok(mut items) = self.items.lock() else {
-            return false;
-        };
-        let mut kept = true;
-        if items.len() >= self.capacity {
-            kept = false;
-            match self.overflow {
-                Overflow::DropNewest => return false,
-                Overflow::DropOldest => {
-                    items.pop_front();
-                }
-            }
+    fn new(capacity: usize, max_bytes: usize, overflow: Overflow) -> Queue {
+        Queue {
+            state: Mutex::new(Queued::default()),
+            notify: Notify::new(),
+            capacity,
+            max_bytes,
+            overflow,
         }
-        items.push_back(item);
-        drop(items);
-        self.notify.notify_one();
-        kept
     }
 
-    fn pop(&self) -> Option<Vec<u8>> {
-        self.items
-            .lock()
-            .ok()
-            .and_then(|mut items| items.pop_front())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        // Nothing panics while holding the lock; a poisoned queue is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a message, dropping per the overflow policy until both the count and the byte bound
+    /// hold: `DropOldest` evicts from the front (as many as it takes), `DropNewest` refuses the
+    /// new one. Returns how many messages were dropped (0 when nothing was).
+    fn push(&self, item: Payload) -> u64 {
+        let size = item.len();
+        if size > self.max_bytes {
+            // It could never fit: evict nothing for it. (The configuration keeps this from
+            // happening: `broadcast_queue_bytes` is at least `max_payload`.)
+            return 1;
+        }
+        let mut q = self.lock();
+        let fits = |q: &Queued| {
+            q.items.len() < self.capacity && q.bytes.saturating_add(size) <= self.max_bytes
+        };
+        let mut dropped = 0;
+        while !fits(&q) {
+            if self.overflow == Overflow::DropNewest {
+                return dropped + 1;
+            }
+            match q.items.pop_front() {
+                Some(old) => {
+                    q.bytes -= old.len();
+                    dropped += 1;
+                }
+                None => return dropped + 1, // unreachable: an empty queue fits `size`
+            }
+        }
+        q.bytes += size;
+        q.items.push_back(item);
+        drop(q);
+        self.notify.notify_one();
+        dropped
+    }
+
+    fn pop(&self) -> Option<Payload> {
+        let mut q = self.lock();
+        let item = q.items.pop_front()?;
+        q.bytes -= item.len();
+        Some(item)
     }
 }
 
@@ -77,6 +128,8 @@ pub(crate) struct Subscriber {
     tracker: TaskTracker,
     sink: Option<PubSubSink>,
     stream: Option<PubSubStream>,
+    /// Dead letters of oversized messages being written (at most [`MAX_PENDING_REJECTS`]).
+    rejects: Arc<Semaphore>,
 }
 
 impl Subscriber {
@@ -90,13 +143,18 @@ impl Subscriber {
         let mut routes: HashMap<String, Vec<Arc<Lane>>> = HashMap::new();
         let mut lanes = Vec::new();
         for handler in handlers {
-            let runner = Arc::new(Runner::new(bus.clone(), handler, abort.clone()));
-            let queue = Arc::new(Queue {
-                items: Mutex::new(VecDeque::new()),
-                notify: Notify::new(),
-                capacity: bus.config.broadcast_queue,
-                overflow: bus.config.broadcast_overflow,
-            });
+            // Broadcast queues drain at shutdown (nothing would redeliver them): no cancel token.
+            let runner = Arc::new(Runner::new(
+                bus.clone(),
+                handler,
+                CancellationToken::new(),
+                abort.clone(),
+            ));
+            let queue = Arc::new(Queue::new(
+                bus.config.broadcast_queue,
+                bus.config.broadcast_queue_bytes,
+                bus.config.broadcast_overflow,
+            ));
             let lane = Arc::new(Lane { runner, queue });
             let channel = transport::channel_key(&bus.config.namespace, handler.event_name);
             routes.entry(channel).or_default().push(lane.clone());
@@ -112,6 +170,7 @@ impl Subscriber {
             tracker,
             sink: None,
             stream: None,
+            rejects: Arc::new(Semaphore::new(MAX_PENDING_REJECTS)),
         }
     }
 
@@ -250,20 +309,7 @@ impl Subscriber {
                 msg = stream.next() => match msg {
                     Some(msg) => {
                         retry_delay = Duration::from_millis(100); // the connection works
-                        let Some(lanes) = self.routes.get(msg.get_channel_name()) else { continue };
-                        for lane in lanes {
-                            if !lane.queue.push(msg.get_payload_bytes().to_vec()) {
-                                let dropped = lane.runner.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                                if dropped.is_power_of_two() {
-                                    tracing::warn!(
-                                        handler = lane.runner.handler.name,
-                                        dropped,
-                                        capacity = lane.queue.capacity,
-                                        "broadcast queue full: dropping events (the handler is slower than the publish rate)"
-                                    );
-                                }
-                            }
-                        }
+                        self.receive(msg.get_channel_name(), msg.get_payload_bytes());
                     }
                     None => self.disconnected("the connection closed"),
                 },
@@ -292,6 +338,69 @@ impl Subscriber {
         self.set_connected(false);
     }
 
+    /// Hands one received message to the queue of every handler of its channel. The size check
+    /// runs here, before anything is queued: an oversized message is dead-lettered at once (one
+    /// letter per handler) and never queued or copied. Otherwise the payload is copied out of the
+    /// connection once and shared by every queue.
+    fn receive(&self, channel: &str, payload: &[u8]) {
+        let Some(lanes) = self.routes.get(channel) else {
+            return;
+        };
+        let max = self.bus.config.max_payload;
+        if payload.len() > max {
+            self.reject_oversized(lanes, payload);
+            return;
+        }
+        let shared: Payload = Arc::from(payload);
+        for lane in lanes {
+            let dropped = lane.queue.push(shared.clone());
+            if dropped > 0 {
+                count_dropped(
+                    lane,
+                    dropped,
+                    "broadcast queue full: dropping events (the handler is slower than the publish rate)",
+                );
+            }
+        }
+    }
+
+    /// Dead-letters an oversized message for every handler of its channel, in the background
+    /// (the subscriber never waits for Redis), with the reason and the envelope's first
+    /// [`REJECTED_ENVELOPE_BYTES`] bytes, as the pipeline does for a durable entry.
+    fn reject_oversized(&self, lanes: &[Arc<Lane>], payload: &[u8]) {
+        let max = self.bus.config.max_payload;
+        let Ok(permit) = self.rejects.clone().try_acquire_owned() else {
+            for lane in lanes {
+                count_dropped(
+                    lane,
+                    1,
+                    "oversized broadcast message dropped: too many dead letters are waiting to be written (is Redis refusing them? see the handler's health)",
+                );
+            }
+            return;
+        };
+        let failure = Failure {
+            event_id: None,
+            error: format!(
+                "envelope is {} bytes, more than the maximum payload of {max}",
+                payload.len()
+            ),
+            attempts: 0,
+            envelope: String::from_utf8_lossy(
+                &payload[..payload.len().min(REJECTED_ENVELOPE_BYTES)],
+            )
+            .into_owned(),
+        };
+        let lanes = lanes.to_vec();
+        let mut conn = self.bus.conn.clone();
+        self.tracker.spawn(async move {
+            for lane in &lanes {
+                lane.runner.dead_letter(&mut conn, None, &failure).await;
+            }
+            drop(permit);
+        });
+    }
+
     fn disconnected(&mut self, why: &str) {
         tracing::warn!(
             reason = why,
@@ -301,6 +410,22 @@ impl Subscriber {
         self.stream = None;
         self.set_connected(false);
         self.record(|s| &s.gaps, Some(format!("subscriber disconnected: {why}")));
+    }
+}
+
+/// Counts `n` dropped messages of one handler, warning at each power of two.
+fn count_dropped(lane: &Lane, n: u64, why: &'static str) {
+    let before = lane.runner.stats.dropped.fetch_add(n, Ordering::Relaxed);
+    let after = before + n;
+    // Warn when the count passes a power of two: often at first, then rarely.
+    if before == 0 || after.ilog2() > before.ilog2() {
+        tracing::warn!(
+            handler = lane.runner.handler.name,
+            dropped = after,
+            capacity = lane.queue.capacity,
+            max_bytes = lane.queue.max_bytes,
+            "{why}"
+        );
     }
 }
 
@@ -342,9 +467,75 @@ async fn work(
                 Outcome::DeadLetter(failure) => {
                     lane.runner.dead_letter(&mut conn, None, &failure).await
                 }
-                Outcome::Skip | Outcome::Lost | Outcome::Abandoned => {}
+                Outcome::Skip | Outcome::Lost | Outcome::Abandoned | Outcome::Released => {}
             }
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(len: usize) -> Payload {
+        Arc::from(vec![b'x'; len])
+    }
+
+    fn lens(q: &Queue) -> Vec<usize> {
+        q.lock().items.iter().map(|p| p.len()).collect()
+    }
+
+    #[test]
+    fn drop_oldest_evicts_until_count_and_bytes_fit() {
+        let q = Queue::new(3, 100, Overflow::DropOldest);
+        assert_eq!(q.push(payload(40)), 0);
+        assert_eq!(q.push(payload(41)), 0);
+        // 81 + 90 > 100: both older ones go.
+        assert_eq!(q.push(payload(90)), 2);
+        assert_eq!((lens(&q), q.lock().bytes), (vec![90], 90));
+        assert_eq!(q.push(payload(10)), 0);
+        assert_eq!(q.push(payload(0)), 0);
+        // The count bound: the oldest goes.
+        assert_eq!(q.push(payload(0)), 1);
+        assert_eq!((lens(&q), q.lock().bytes), (vec![10, 0, 0], 10));
+        assert_eq!(q.pop().map(|p| p.len()), Some(10));
+        assert_eq!(q.lock().bytes, 0);
+    }
+
+    #[test]
+    fn drop_newest_refuses_what_does_not_fit() {
+        let q = Queue::new(3, 100, Overflow::DropNewest);
+        assert_eq!(q.push(payload(60)), 0);
+        assert_eq!(q.push(payload(41)), 1);
+        assert_eq!(q.push(payload(40)), 0);
+        assert_eq!(q.push(payload(0)), 0);
+        assert_eq!(q.push(payload(0)), 1, "the count bound");
+        assert_eq!((lens(&q), q.lock().bytes), (vec![60, 40, 0], 100));
+    }
+
+    #[test]
+    fn larger_than_the_byte_bound_is_dropped_whatever_the_policy() {
+        for overflow in [Overflow::DropOldest, Overflow::DropNewest] {
+            let q = Queue::new(3, 100, overflow);
+            assert_eq!(q.push(payload(50)), 0);
+            assert_eq!(q.push(payload(101)), 1);
+            assert_eq!(lens(&q), [50], "nothing evicted for it");
+        }
+    }
+
+    #[test]
+    fn one_payload_is_shared_by_every_queue() {
+        let a = Queue::new(4, 1000, Overflow::DropOldest);
+        let b = Queue::new(4, 1000, Overflow::DropOldest);
+        let shared = payload(500);
+        a.push(shared.clone());
+        b.push(shared.clone());
+        assert_eq!(Arc::strong_count(&shared), 3);
+        let (x, y) = (a.pop().expect("queued"), b.pop().expect("queued"));
+        assert!(
+            Arc::ptr_eq(&x, &y) && Arc::ptr_eq(&x, &shared),
+            "not copied"
+        );
     }
 }

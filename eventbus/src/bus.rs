@@ -488,9 +488,15 @@ impl RunningBus {
         }
     }
 
-    /// Stops reading, lets in-flight handler runs finish within the drain timeout and acks them.
-    /// Runs still going after the timeout are abandoned: their events stay pending and another
-    /// consumer claims them after the visibility timeout.
+    /// Stops reading and starts nothing new: in-flight handler runs get the drain timeout to
+    /// finish (and are acked); entries fetched but not started are handed back to their group
+    /// at once, so another consumer takes them without waiting for the visibility timeout and
+    /// without counting an attempt against them. Runs still going after the drain timeout are
+    /// abandoned: their events stay pending and another consumer claims them after the
+    /// visibility timeout.
+    ///
+    /// Returns within the drain timeout plus [`SHUTDOWN_MARGIN`] (2 s), even when Redis is
+    /// frozen: tasks still waiting on Redis then are left to end by themselves.
     ///
     /// # Errors
     ///
@@ -507,12 +513,22 @@ impl RunningBus {
                 "handler runs did not finish within the drain timeout; their events stay pending"
             );
             self.abort.cancel();
-            self.tracker.wait().await;
+            if tokio::time::timeout(SHUTDOWN_MARGIN, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "some tasks are still waiting on Redis after the drain; shutdown returns without them"
+                );
+            }
         }
         tracing::info!("eventbus stopped");
         Ok(())
     }
 }
+
+/// How long [`RunningBus::shutdown`] waits past the drain timeout for abandoned tasks to end.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
 impl Drop for RunningBus {
     fn drop(&mut self) {

@@ -7,6 +7,22 @@ use crate::error::{Error, Result};
 use crate::extract::States;
 use crate::retry::RetryPolicy;
 
+/// The shortest visibility timeout. XAUTOCLAIM's min-idle counts whole milliseconds (below 1ms
+/// it is 0: every pending entry, running or not, is claimed at once), and an in-flight entry's
+/// lease is renewed within the timeout: 100ms already means several commands per entry and
+/// second, and a scheduling hiccup longer than the timeout runs the entry twice.
+pub(crate) const MIN_VISIBILITY_TIMEOUT: Duration = Duration::from_millis(100);
+/// The shortest claim interval: each reader sends one XAUTOCLAIM per interval, so 10ms is already
+/// 100 commands a second per handler; shorter is a busy loop.
+pub(crate) const MIN_CLAIM_INTERVAL: Duration = Duration::from_millis(10);
+/// The shortest block time: an idle reader sends one XREADGROUP per block time (10ms: 100 a
+/// second); `BLOCK` counts whole milliseconds and `BLOCK 0` means forever.
+pub(crate) const MIN_BLOCK_TIME: Duration = Duration::from_millis(10);
+/// The shortest handler timeout: timers have millisecond resolution.
+pub(crate) const MIN_HANDLER_TIMEOUT: Duration = Duration::from_millis(1);
+/// The shortest publish timeout: one round trip to Redis and a retry must fit.
+pub(crate) const MIN_PUBLISH_TIMEOUT: Duration = Duration::from_millis(10);
+
 /// Validated settings of one bus.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -71,28 +87,34 @@ impl TlsFiles {
 /// | [`service`](Self::service) | `EVENTBUS_SERVICE` | the executable's name |
 /// | [`consumer`](Self::consumer) | `EVENTBUS_CONSUMER` | `<service>-<host>-<pid>-<n>` |
 /// | [`handlers`](Self::handlers) | `EVENTBUS_HANDLERS` (comma separated) | every registered handler |
-/// | [`visibility_timeout`](Self::visibility_timeout) | `EVENTBUS_VISIBILITY_TIMEOUT` | `30s` |
-/// | [`claim_interval`](Self::claim_interval) | `EVENTBUS_CLAIM_INTERVAL` | half the visibility timeout, at most `10s` |
+/// | [`visibility_timeout`](Self::visibility_timeout) | `EVENTBUS_VISIBILITY_TIMEOUT` | `30s` (at least `100ms`) |
+/// | [`claim_interval`](Self::claim_interval) | `EVENTBUS_CLAIM_INTERVAL` | half the visibility timeout, at most `10s` (at least `10ms`) |
 /// | [`drain_timeout`](Self::drain_timeout) | `EVENTBUS_DRAIN_TIMEOUT` | `30s` |
 /// | [`batch_size`](Self::batch_size) | `EVENTBUS_BATCH_SIZE` | `100` |
-/// | [`block_time`](Self::block_time) | `EVENTBUS_BLOCK_TIME` | `5s` |
+/// | [`block_time`](Self::block_time) | `EVENTBUS_BLOCK_TIME` | `5s` (at least `10ms`) |
 /// | [`retries`](Self::retries) | `EVENTBUS_RETRIES` | `3` |
 /// | [`backoff`](Self::backoff) | `EVENTBUS_BACKOFF` | `100ms` |
 /// | [`max_backoff`](Self::max_backoff) | `EVENTBUS_MAX_BACKOFF` | `10s` |
 /// | [`concurrency`](Self::concurrency) | `EVENTBUS_CONCURRENCY` | `16` |
 /// | [`max_len`](Self::max_len) | `EVENTBUS_MAX_LEN` | unbounded |
-/// | [`max_payload`](Self::max_payload) | `EVENTBUS_MAX_PAYLOAD` (bytes) | `1048576` |
+/// | [`max_payload`](Self::max_payload) | `EVENTBUS_MAX_PAYLOAD` (bytes) | `1048576` (at least `1024`) |
 /// | [`tls_ca_file`](Self::tls_ca_file) | `EVENTBUS_TLS_CA_FILE` | the system's roots |
 /// | [`tls_client_cert`](Self::tls_client_cert) | `EVENTBUS_TLS_CERT_FILE`, `EVENTBUS_TLS_KEY_FILE` | none |
 /// | [`refuse_evicting_redis`](Self::refuse_evicting_redis) | `EVENTBUS_REFUSE_EVICTION` | `false` (warn) |
-/// | [`broadcast_queue`](Self::broadcast_queue) | `EVENTBUS_BROADCAST_QUEUE` | `1024` |
-/// | [`broadcast_queue_bytes`](Self::broadcast_queue_bytes) | `EVENTBUS_BROADCAST_QUEUE_BYTES` | `16777216` (16 MiB) |
-/// | [`handler_timeout`](Self::handler_timeout) | `EVENTBUS_HANDLER_TIMEOUT` | `5m` |
-/// | [`publish_timeout`](Self::publish_timeout) | `EVENTBUS_PUBLISH_TIMEOUT` | `10s` |
+/// | [`broadcast_queue`](Self::broadcast_queue) | `EVENTBUS_BROADCAST_QUEUE` | `1024` events (1 to 1000000) |
+/// | [`broadcast_queue_bytes`](Self::broadcast_queue_bytes) | `EVENTBUS_BROADCAST_QUEUE_BYTES` | `16777216` (16 MiB; at least `max_payload`) |
+/// | [`handler_timeout`](Self::handler_timeout) | `EVENTBUS_HANDLER_TIMEOUT` | `5m` (at least `1ms`) |
+/// | [`publish_timeout`](Self::publish_timeout) | `EVENTBUS_PUBLISH_TIMEOUT` | `10s` (at least `10ms`) |
 /// | [`broadcast_overflow`](Self::broadcast_overflow) | `EVENTBUS_BROADCAST_OVERFLOW` (`drop-oldest`, `drop-newest`) | `drop-oldest` |
 ///
-/// Durations are written like `250ms`, `5s`, `2m`. Retry settings and concurrency given here are
-/// defaults for handlers whose `#[event_handler(...)]` does not set them.
+/// Durations are written like `250ms`, `5s`, `2m`; every duration must be longer than zero and
+/// at most 30 days, and the floors in the table keep Redis out of busy loops (see each setter).
+/// Retry settings, concurrency and the handler timeout given here are defaults for handlers whose
+/// `#[event_handler(...)]` does not set them.
+///
+/// The namespace, service and consumer names (and event and handler names) become parts of Redis
+/// keys and patterns: 1 to 200 characters without whitespace, control characters, braces or glob
+/// characters (`*`, `?`, `[`, `]`, `\`). `^` is allowed (it is special only inside brackets).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -181,6 +203,8 @@ impl BusBuilder {
     }
 
     /// The namespace: the first part of every key, so that environments never share keys.
+    /// 1 to 200 characters without whitespace, control characters, braces or glob characters
+    /// (`*`, `?`, `[`, `]`, `\`): `list` and `purge` of dead letters match keys by this prefix.
     ///
     /// ```
     /// # let mut b = eventbus::Bus::builder();
@@ -234,6 +258,9 @@ impl BusBuilder {
 
     /// How long an entry delivered to a consumer that went silent (crashed, frozen) stays
     /// pending before another consumer claims it. Longer than your slowest handler run.
+    /// At least `100ms`: XAUTOCLAIM's min-idle counts whole milliseconds (below 1ms every
+    /// pending entry would be claimed at once, running or not), and in-flight entries' leases are
+    /// renewed within this time.
     ///
     /// ```
     /// # let mut b = eventbus::Bus::builder();
@@ -244,7 +271,8 @@ impl BusBuilder {
         self
     }
 
-    /// How often each reader looks for entries to claim from silent consumers.
+    /// How often each reader looks for entries to claim from silent consumers. At least `10ms`
+    /// (one XAUTOCLAIM per interval and handler; shorter is a busy loop).
     ///
     /// ```
     /// # let mut b = eventbus::Bus::builder();
@@ -277,7 +305,9 @@ impl BusBuilder {
         self
     }
 
-    /// How long one blocking read waits for new entries before it asks again.
+    /// How long one blocking read waits for new entries before it asks again. At least `10ms`
+    /// (an idle reader sends one read per block time; `BLOCK` counts whole milliseconds and
+    /// `BLOCK 0` means forever). Also the broadcast subscriber's health-ping interval.
     ///
     /// ```
     /// # let mut b = eventbus::Bus::builder();
@@ -346,7 +376,9 @@ impl BusBuilder {
     }
 
     /// The largest envelope, in bytes, that `publish` writes and a reader hands to a handler;
-    /// larger ones are rejected on publish and dead-lettered on read.
+    /// larger ones are rejected on publish and dead-lettered on read (a broadcast message as it
+    /// is received, before it is queued). At least 1024 bytes, and at most
+    /// [`broadcast_queue_bytes`](Self::broadcast_queue_bytes).
     ///
     /// ```
     /// # let mut b = eventbus::Bus::builder();
@@ -423,8 +455,12 @@ impl BusBuilder {
 
     /// How many bytes of received events each broadcast handler may have queued, besides the
     /// count ([`broadcast_queue`](Self::broadcast_queue)); past that,
-    /// [`broadcast_overflow`](Self::broadcast_overflow) decides which events are dropped. One
-    /// received payload is shared by every handler's queue, not copied.
+    /// [`broadcast_overflow`](Self::broadcast_overflow) decides which events are dropped
+    /// (`DropOldest` drops as many of the oldest as it takes to fit the new one; `DropNewest`
+    /// refuses the new one), each counted in the handler's health as `dropped`. One received
+    /// payload is shared by every handler's queue, not copied, and counts in full in each.
+    /// Messages waiting for a run slot count; the ones running (at most `concurrency`) do not.
+    /// At least [`max_payload`](Self::max_payload), so that every event of an allowed size fits.
     ///
     /// ```
     /// # let mut b = eventbus::Bus::builder();
@@ -437,7 +473,7 @@ impl BusBuilder {
 
     /// How long one handler attempt may run, for handlers that do not set
     /// `#[event_handler(timeout = "...")]`. An attempt that runs longer is cancelled and fails
-    /// like an error (retried, then dead-lettered), freeing its run slot.
+    /// like an error (retried, then dead-lettered), freeing its run slot. At least `1ms`.
     ///
     /// ```
     /// # let mut b = eventbus::Bus::builder();
@@ -450,7 +486,7 @@ impl BusBuilder {
 
     /// The longest one `publish` or `publish_batch` call may take in all, retries included;
     /// past it the call returns [`Error::Timeout`](crate::Error::Timeout) (the event may or may
-    /// not have been stored). Raise it to ride out longer failovers.
+    /// not have been stored). Raise it to ride out longer failovers. At least `10ms`.
     ///
     /// ```
     /// # let mut b = eventbus::Bus::builder();
@@ -676,21 +712,46 @@ impl BusBuilder {
                 return Err(Error::config(key, n.to_string(), "must be at most 1000000"));
             }
         }
-        let visibility_timeout = positive("EVENTBUS_VISIBILITY_TIMEOUT", self.visibility_timeout)?;
+        let visibility_timeout = at_least(
+            "EVENTBUS_VISIBILITY_TIMEOUT",
+            positive("EVENTBUS_VISIBILITY_TIMEOUT", self.visibility_timeout)?,
+            MIN_VISIBILITY_TIMEOUT,
+            "entries idle that long are claimed by other consumers, and renewing leases more \
+             often than that costs a command per in-flight entry each time",
+            "30s",
+        )?;
         let claim_interval = match self.claim_interval {
-            Some(d) => positive("EVENTBUS_CLAIM_INTERVAL", d)?,
-            None => {
-                (visibility_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(10))
-            }
+            Some(d) => at_least(
+                "EVENTBUS_CLAIM_INTERVAL",
+                positive("EVENTBUS_CLAIM_INTERVAL", d)?,
+                MIN_CLAIM_INTERVAL,
+                "each reader sends XAUTOCLAIM that often: shorter is a busy loop against Redis",
+                "5s",
+            )?,
+            None => (visibility_timeout / 2).clamp(MIN_CLAIM_INTERVAL, Duration::from_secs(10)),
         };
-        let block_time = positive("EVENTBUS_BLOCK_TIME", self.block_time)?;
-        if block_time < Duration::from_millis(1) {
-            return Err(Error::config(
-                "EVENTBUS_BLOCK_TIME",
-                fmt_duration(block_time),
-                "must be at least 1ms",
-            ));
-        }
+        let block_time = at_least(
+            "EVENTBUS_BLOCK_TIME",
+            positive("EVENTBUS_BLOCK_TIME", self.block_time)?,
+            MIN_BLOCK_TIME,
+            "an idle reader asks Redis again after each block: shorter is a busy loop, and \
+             below 1ms BLOCK would mean \"forever\"",
+            "5s",
+        )?;
+        let handler_timeout = at_least(
+            "EVENTBUS_HANDLER_TIMEOUT",
+            positive("EVENTBUS_HANDLER_TIMEOUT", self.handler_timeout)?,
+            MIN_HANDLER_TIMEOUT,
+            "timers have millisecond resolution",
+            "5m",
+        )?;
+        let publish_timeout = at_least(
+            "EVENTBUS_PUBLISH_TIMEOUT",
+            positive("EVENTBUS_PUBLISH_TIMEOUT", self.publish_timeout)?,
+            MIN_PUBLISH_TIMEOUT,
+            "one round trip to Redis and one retry must fit",
+            "10s",
+        )?;
         let backoff = positive("EVENTBUS_BACKOFF", self.backoff)?;
         let max_backoff = positive("EVENTBUS_MAX_BACKOFF", self.max_backoff)?;
         if max_backoff < backoff {
@@ -738,6 +799,18 @@ impl BusBuilder {
                 "must be at least 1024 bytes",
             ));
         }
+        if self.broadcast_queue_bytes < self.max_payload {
+            return Err(Error::config(
+                "EVENTBUS_BROADCAST_QUEUE_BYTES",
+                self.broadcast_queue_bytes.to_string(),
+                format!(
+                    "must be at least the maximum payload (EVENTBUS_MAX_PAYLOAD = {} bytes), or \
+                     a broadcast event of an allowed size could never be queued, e.g. \"{}\"",
+                    self.max_payload,
+                    self.max_payload.max(16 * 1024 * 1024)
+                ),
+            ));
+        }
         Ok(Config {
             redis_url: url.to_owned(),
             namespace: self.namespace.clone(),
@@ -763,8 +836,8 @@ impl BusBuilder {
             broadcast_queue: self.broadcast_queue,
             broadcast_queue_bytes: self.broadcast_queue_bytes,
             broadcast_overflow: self.broadcast_overflow,
-            handler_timeout: positive("EVENTBUS_HANDLER_TIMEOUT", self.handler_timeout)?,
-            publish_timeout: positive("EVENTBUS_PUBLISH_TIMEOUT", self.publish_timeout)?,
+            handler_timeout,
+            publish_timeout,
         })
     }
 }
@@ -784,19 +857,57 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-/// Names that become parts of keys: non-empty, printable, no spaces, braces or glob characters.
+/// The first character that a name which becomes part of a Redis key, a key pattern or a group
+/// name may not contain: whitespace, control characters, braces (they would change a key's hash
+/// tag) and every glob metacharacter of `SCAN MATCH` (`*`, `?`, `[`, `]` and the escape `\`).
+/// `^` is allowed: it is special only inside brackets, which are refused.
+pub(crate) fn forbidden_char(value: &str) -> Option<char> {
+    value.chars().find(|&c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '*' | '?' | '[' | ']' | '\\')
+    })
+}
+
+/// What a valid name looks like, for error messages.
+pub(crate) const NAME_RULE: &str = "1 to 200 characters without whitespace, control characters, braces or glob characters (* ? [ ] \\)";
+
+/// Names that become parts of keys: see [`forbidden_char`].
 fn check_name(key: &'static str, value: &str) -> Result<()> {
-    let bad = value.chars().find(|c| {
-        c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '*' | '?' | '[' | ']')
-    });
-    if value.is_empty() || bad.is_some() || value.len() > 200 {
-        return Err(Error::config(
+    let problem = if value.is_empty() {
+        Some("is empty".to_owned())
+    } else if value.len() > 200 {
+        Some(format!("is {} bytes long", value.len()))
+    } else {
+        forbidden_char(value).map(|c| format!("contains {c:?}"))
+    };
+    match problem {
+        Some(problem) => Err(Error::config(
             key,
             value,
-            "must be 1 to 200 characters without whitespace, braces or glob characters (*?[]), e.g. \"orders-staging\"",
+            format!("{problem}; must be {NAME_RULE}, e.g. \"orders-staging\""),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a duration below `floor` (zero included), saying why the floor exists.
+fn at_least(
+    key: &'static str,
+    d: Duration,
+    floor: Duration,
+    why: &str,
+    example: &str,
+) -> Result<Duration> {
+    if d < floor {
+        return Err(Error::config(
+            key,
+            fmt_duration(d),
+            format!(
+                "must be at least {} ({why}), e.g. \"{example}\"",
+                fmt_duration(floor)
+            ),
         ));
     }
-    Ok(())
+    Ok(d)
 }
 
 fn default_service() -> String {
@@ -888,5 +999,144 @@ mod tests {
             .config()
             .expect_err("bad");
         assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    fn config_error(b: &BusBuilder) -> String {
+        b.config().map(|_| ()).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn names_refuse_every_glob_character() {
+        for bad in [
+            "a*", "a?", "a[b", "a]", "a\\b", "a{b", "a}", "a b", "a\tb", "a\u{0}b", "",
+        ] {
+            let msg = config_error(BusBuilder::default().namespace(bad));
+            assert!(msg.contains("EVENTBUS_NAMESPACE"), "{bad:?}: {msg}");
+            assert!(
+                msg.contains("glob characters (* ? [ ] \\)"),
+                "{bad:?}: {msg}"
+            );
+            let msg = config_error(BusBuilder::default().service(bad));
+            assert!(msg.contains("EVENTBUS_SERVICE"), "{bad:?}: {msg}");
+            let msg = config_error(BusBuilder::default().consumer(bad));
+            assert!(msg.contains("EVENTBUS_CONSUMER"), "{bad:?}: {msg}");
+        }
+        let msg = config_error(BusBuilder::default().namespace("a\\b"));
+        assert!(
+            msg.contains("contains '\\\\'"),
+            "names the character: {msg}"
+        );
+        let msg = config_error(BusBuilder::default().namespace("x".repeat(201)));
+        assert!(msg.contains("201 bytes long"), "{msg}");
+        for ok in [
+            "orders-staging",
+            "a^b",
+            "ns:sub",
+            "billing.v2_x",
+            "événements",
+        ] {
+            let c = BusBuilder::default().namespace(ok).config();
+            assert!(c.is_ok(), "{ok:?}: {:?}", c.err());
+        }
+    }
+
+    #[test]
+    fn durations_have_floors() {
+        let cases: [(&str, fn(&mut BusBuilder), &str); 6] = [
+            (
+                "EVENTBUS_VISIBILITY_TIMEOUT",
+                |b| {
+                    b.visibility_timeout(Duration::from_micros(500));
+                },
+                "at least 100ms",
+            ),
+            (
+                "EVENTBUS_VISIBILITY_TIMEOUT",
+                |b| {
+                    b.visibility_timeout(Duration::from_millis(99));
+                },
+                "at least 100ms",
+            ),
+            (
+                "EVENTBUS_CLAIM_INTERVAL",
+                |b| {
+                    b.claim_interval(Duration::from_nanos(1));
+                },
+                "at least 10ms",
+            ),
+            (
+                "EVENTBUS_BLOCK_TIME",
+                |b| {
+                    b.block_time(Duration::from_micros(9_999));
+                },
+                "at least 10ms",
+            ),
+            (
+                "EVENTBUS_HANDLER_TIMEOUT",
+                |b| {
+                    b.handler_timeout(Duration::from_micros(999));
+                },
+                "at least 1ms",
+            ),
+            (
+                "EVENTBUS_PUBLISH_TIMEOUT",
+                |b| {
+                    b.publish_timeout(Duration::from_millis(9));
+                },
+                "at least 10ms",
+            ),
+        ];
+        for (key, set, floor) in cases {
+            let mut b = BusBuilder::default();
+            set(&mut b);
+            let msg = config_error(&b);
+            assert!(msg.contains(key) && msg.contains(floor), "{key}: {msg}");
+            assert!(msg.contains(", e.g. \""), "gives an example: {msg}");
+        }
+        // Zero keeps its own message.
+        let msg = config_error(BusBuilder::default().visibility_timeout(Duration::ZERO));
+        assert!(msg.contains("longer than zero"), "{msg}");
+        // The floors themselves are valid, and the default claim interval follows the floor.
+        let c = BusBuilder::default()
+            .visibility_timeout(MIN_VISIBILITY_TIMEOUT)
+            .block_time(MIN_BLOCK_TIME)
+            .handler_timeout(MIN_HANDLER_TIMEOUT)
+            .publish_timeout(MIN_PUBLISH_TIMEOUT)
+            .config()
+            .expect("the floors are valid");
+        assert_eq!(c.claim_interval, Duration::from_millis(50));
+        BusBuilder::default()
+            .claim_interval(MIN_CLAIM_INTERVAL)
+            .config()
+            .expect("the floor is valid");
+        // From the environment too.
+        let mut b = BusBuilder::default();
+        b.apply_env(env(&[("EVENTBUS_CLAIM_INTERVAL", "1ns")]))
+            .expect("parses");
+        assert!(config_error(&b).contains("EVENTBUS_CLAIM_INTERVAL"));
+    }
+
+    #[test]
+    fn broadcast_queue_bytes_holds_at_least_one_payload() {
+        let msg = config_error(
+            BusBuilder::default()
+                .max_payload(64 * 1024)
+                .broadcast_queue_bytes(64 * 1024 - 1),
+        );
+        assert!(msg.contains("EVENTBUS_BROADCAST_QUEUE_BYTES"), "{msg}");
+        assert!(msg.contains("EVENTBUS_MAX_PAYLOAD = 65536"), "{msg}");
+        let c = BusBuilder::default()
+            .max_payload(64 * 1024)
+            .broadcast_queue_bytes(64 * 1024)
+            .config()
+            .expect("equal is enough");
+        assert_eq!(c.broadcast_queue_bytes, 64 * 1024);
+        let mut b = BusBuilder::default();
+        b.apply_env(env(&[("EVENTBUS_BROADCAST_QUEUE_BYTES", "4096")]))
+            .expect("parses");
+        assert!(
+            config_error(&b).contains("EVENTBUS_BROADCAST_QUEUE_BYTES"),
+            "the default max_payload (1 MiB) does not fit in 4096 bytes"
+        );
     }
 }

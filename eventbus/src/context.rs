@@ -75,7 +75,10 @@ impl Context {
         self.delivery.causation_id.clone()
     }
 
-    /// Which attempt this is, counting from 1.
+    /// Which attempt this is, counting from 1: the attempts already charged to this event
+    /// (failed attempts, and crashes it caused while running alone, in any process) plus this
+    /// one. Redeliveries that never ran (a crash of a neighbour, a shutdown, a reconnect) do not
+    /// count. The event is dead-lettered after attempt `retries + 1` fails.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

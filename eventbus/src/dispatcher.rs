@@ -1,13 +1,13 @@
 //! One reader per durable handler: fetch, decode, run under the concurrency limit, retry,
 //! ack or dead-letter, and claim what silent consumers left pending.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::transport::SharedConn;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
-use crate::transport::SharedConn;
 use redis::streams::StreamPendingCountReply;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -19,8 +19,9 @@ use crate::dlq::Failure;
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::handler::HandlerRegistration;
+use crate::health::Path;
 use crate::health::Stats;
-use crate::pipeline::{Outcome, Runner};
+use crate::pipeline::{Charges, Marks, Outcome, Runner};
 use crate::transport;
 
 /// What one reader shares with the tasks it spawns.
@@ -39,8 +40,16 @@ struct Shared {
     /// Entry ids being handled by this reader, so a re-read of our own pending entries or a
     /// claim does not start a second run of an entry that is still running here.
     inflight: Arc<Mutex<HashSet<String>>>,
-    /// Entry ids to acknowledge, batched by [`ack_loop`].
-    acks: mpsc::UnboundedSender<String>,
+    /// Entries to acknowledge, batched by [`ack_loop`], each with its prefetch-window permit
+    /// (released only once the ack lands: while acks fail, the reader stops taking entries).
+    acks: mpsc::UnboundedSender<Settled>,
+    /// The event's attempts hash (`<ns>:{<event>}:attempts`).
+    marks_key: String,
+    /// Entries that shutdown kept from starting: handed back to the group at once.
+    handback: Mutex<Vec<String>>,
+    /// Set once the reader has re-read its own pending entries after the process started:
+    /// later re-reads (after a reconnect) find only entries this process never started.
+    own_pending_read: std::sync::atomic::AtomicBool,
     cancel: CancellationToken,
     tracker: TaskTracker,
     stats: Arc<Stats>,
@@ -63,15 +72,18 @@ impl Reader {
         abort: CancellationToken,
         tracker: TaskTracker,
     ) -> Reader {
-        let runner = Runner::new(bus.clone(), handler, abort.clone());
+        let runner = Runner::new(bus.clone(), handler, cancel.clone(), abort.clone());
         let inflight = Arc::new(Mutex::new(HashSet::new()));
         let (acks, rx) = mpsc::unbounded_channel();
+        let marks_key = transport::attempts_key(&bus.config.namespace, handler.event_name);
         tracker.spawn(ack_loop(
             rx,
             bus.conn.clone(),
             transport::stream_key(&bus.config.namespace, handler.event_name),
+            marks_key.clone(),
             handler.name,
             inflight.clone(),
+            runner.stats.clone(),
             abort.clone(),
         ));
         let shared = Shared {
@@ -81,6 +93,9 @@ impl Reader {
             window: Arc::new(Semaphore::new(runner.concurrency() + bus.config.batch_size)),
             inflight: inflight.clone(),
             acks,
+            marks_key,
+            handback: Mutex::new(Vec::new()),
+            own_pending_read: std::sync::atomic::AtomicBool::new(false),
             stats: runner.stats.clone(),
             runner,
             handler,
@@ -189,14 +204,25 @@ impl Reader {
                     if pending_cursor.is_some() {
                         match entries.last() {
                             Some(last) => pending_cursor = Some(last.id.clone()),
-                            None => pending_cursor = None,
+                            None => {
+                                pending_cursor = None;
+                                shared
+                                    .own_pending_read
+                                    .store(true, std::sync::atomic::Ordering::Release);
+                            }
                         }
-                        let (entries, counts) = shared.still_ours(entries).await;
-                        shared.dispatch(entries, Some(first), |id| {
-                            counts.get(id).copied().unwrap_or(1)
-                        });
+                        // Re-read at start-up: a previous process under this name may have been
+                        // running them when it died, so they are suspects. After a reconnect in
+                        // this process they were never started here (else they would be in
+                        // flight): not suspects.
+                        let suspect = !shared
+                            .own_pending_read
+                            .load(std::sync::atomic::Ordering::Acquire);
+                        let entries = shared.redelivered(entries).await;
+                        shared.dispatch(entries, Some(first), suspect);
                     } else if !entries.is_empty() {
-                        shared.dispatch(entries, Some(first), |_| 1);
+                        let entries = entries.into_iter().map(|e| (e, 0)).collect();
+                        shared.dispatch(entries, Some(first), false);
                         // Let the runs just spawned start before this task sends its next read:
                         // the handler then does not wait behind that write.
                         tokio::task::yield_now().await;
@@ -223,11 +249,7 @@ impl Reader {
                             error = %e,
                             "permission denied by the Redis ACL: grant this user the namespace's keys and the stream commands (see the README's ACL section)"
                         );
-                    } else if e.is_io_error()
-                        || e.is_timeout()
-                        || e.is_connection_dropped()
-                        || e.is_unrecoverable_error()
-                    {
+                    } else if needs_new_connection(&e) {
                         tracing::warn!(handler = self.group(), error = %e, "reader connection lost; reconnecting");
                         self.conn = None;
                         stats
@@ -324,6 +346,14 @@ impl Shared {
         .await;
     }
 
+    /// Counts and reports a failed claim (of a silent consumer's or handed-back entries).
+    fn claim_failed(&self, e: &redis::RedisError) {
+        Stats::add(&self.stats.claim_errors, 1);
+        self.stats
+            .set(Path::Claim, Some(format!("cannot claim entries: {e}")));
+        tracing::warn!(handler = self.handler.name, error = %e, "claiming abandoned entries failed");
+    }
+
     /// How many entries this reader may hold at once (plus a page of claims): the count for
     /// XPENDING queries over a range of our own pending entries, so none is cut off.
     fn window_capacity(&self) -> usize {
@@ -384,6 +414,8 @@ impl Shared {
         };
         if let Err(e) = result {
             Stats::add(&self.stats.claim_errors, 1);
+            self.stats
+                .set(Path::Claim, Some(format!("cannot renew leases: {e}")));
             tracing::warn!(
                 handler = self.handler.name,
                 error = %e,
@@ -392,11 +424,12 @@ impl Shared {
         }
     }
 
-    /// Of entries re-read from our own pending list or just claimed: the ones to run now, with
-    /// their delivery counts. An entry still running here is skipped, and so is one that is no
-    /// longer pending. The in-flight check comes first: a run that finishes (and acks) after it
-    /// is then seen as no longer pending by XPENDING, instead of being started a second time.
-    async fn still_ours(&self, entries: Vec<Entry>) -> (Vec<Entry>, HashMap<String, u32>) {
+    /// Of entries re-read from our own pending list or just claimed: the ones to run now, each
+    /// with the attempts charged to it so far. An entry still running here is skipped, and so is
+    /// one that is no longer pending. The in-flight check comes first: a run that finishes (and
+    /// acks) after it is then seen as no longer pending by XPENDING, instead of being started a
+    /// second time.
+    async fn redelivered(&self, entries: Vec<Entry>) -> Vec<(Entry, u32)> {
         let running: HashSet<String> = self
             .inflight
             .lock()
@@ -408,43 +441,169 @@ impl Shared {
                     .collect()
             })
             .unwrap_or_default();
-        let counts = self.delivery_counts(&entries).await;
-        let entries = entries
+        let entries: Vec<Entry> = entries
             .into_iter()
-            .filter(|e| {
-                !running.contains(&e.id) && counts.as_ref().is_none_or(|c| c.contains_key(&e.id))
-            })
+            .filter(|e| !running.contains(&e.id))
             .collect();
-        (entries, counts.unwrap_or_default())
+        let (pending, charged) = self.pending_and_charged(&entries).await;
+        entries
+            .into_iter()
+            .zip(charged)
+            .filter(|(e, _)| pending.as_ref().is_none_or(|p| p.contains(&e.id)))
+            .collect()
     }
 
-    /// Delivery counts of entries in our own pending list (after this delivery); `None` when
-    /// XPENDING failed.
-    async fn delivery_counts(&self, entries: &[Entry]) -> Option<HashMap<String, u32>> {
+    /// Which of `entries` are pending for this consumer (`None` when XPENDING failed), and the
+    /// attempts charged to each (`HMGET` on the attempts hash; 0 when unknown). One round trip,
+    /// on the redelivery path only.
+    async fn pending_and_charged(&self, entries: &[Entry]) -> (Option<HashSet<String>>, Vec<u32>) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Some(HashMap::new());
+            return (Some(HashSet::new()), Vec::new());
         };
         let mut conn = self.bus.conn.clone();
-        let reply: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
+        let mut pipe = redis::pipe();
+        pipe.cmd("XPENDING")
             .arg(&self.stream)
             .arg(self.handler.name)
             .arg(&first.id)
             .arg(&last.id)
             .arg(entries.len() + self.window_capacity())
-            .arg(&self.consumer)
-            .query_async(&mut conn)
-            .await;
+            .arg(&self.consumer);
+        pipe.cmd("HMGET").arg(&self.marks_key);
+        for e in entries {
+            pipe.arg(transport::attempts_field(self.handler.name, &e.id));
+        }
+        let reply: redis::RedisResult<(StreamPendingCountReply, Vec<Option<u32>>)> =
+            pipe.query_async(&mut conn).await;
         match reply {
-            Ok(reply) => Some(
-                reply
-                    .ids
-                    .into_iter()
-                    .map(|p| (p.id, u32::try_from(p.times_delivered).unwrap_or(u32::MAX)))
+            Ok((pending, charged)) => (
+                Some(pending.ids.into_iter().map(|p| p.id).collect()),
+                entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| charged.get(i).copied().flatten().unwrap_or(0))
                     .collect(),
             ),
             Err(e) => {
-                tracing::warn!(handler = self.handler.name, error = %e, "cannot read delivery counts");
-                None
+                tracing::warn!(handler = self.handler.name, error = %e, "cannot read pending entries and their charged attempts");
+                (None, vec![0; entries.len()])
+            }
+        }
+    }
+
+    /// Takes entries another consumer handed back at shutdown (never started there): claimed
+    /// with `XCLAIM ... JUSTID` (no delivery counted) from the hand-back pseudo-consumer, then
+    /// read with `XRANGE`. They are not suspects. `min-idle` guards against two consumers
+    /// taking the same entry: the first claim resets its idle time.
+    async fn take_handed_back(self: &Arc<Self>) -> redis::RedisResult<()> {
+        let room = self
+            .window_capacity()
+            .saturating_sub(self.inflight.lock().map(|s| s.len()).unwrap_or(0));
+        if room == 0 {
+            return Ok(());
+        }
+        let mut conn = self.bus.conn.clone();
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(self.handler.name)
+            .arg("-")
+            .arg("+")
+            .arg(room.min(self.bus.config.batch_size))
+            .arg(HANDBACK_CONSUMER)
+            .query_async(&mut conn)
+            .await?;
+        if pending.ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = pending.ids.into_iter().map(|p| p.id).collect();
+        let claimed: Vec<String> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(self.handler.name)
+            .arg(&self.consumer)
+            .arg(HANDBACK_MIN_IDLE_MS)
+            .arg(&ids)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(claimed.len());
+        let mut pipe = redis::pipe();
+        for id in &claimed {
+            pipe.cmd("XRANGE").arg(&self.stream).arg(id).arg(id);
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        for (id, reply) in claimed.iter().zip(replies) {
+            let entry = match reply {
+                Value::Array(items) => items.into_iter().next().and_then(Entry::from_value),
+                _ => None,
+            };
+            // Trimmed or deleted meanwhile: an entry without fields is acked away as lost.
+            entries.push(entry.unwrap_or_else(|| Entry {
+                id: id.clone(),
+                fields: Vec::new(),
+            }));
+        }
+        Stats::add(&self.stats.taken_over, entries.len() as u64);
+        tracing::info!(
+            handler = self.handler.name,
+            entries = entries.len(),
+            "took over entries another consumer handed back at shutdown"
+        );
+        let entries = self.redelivered(entries).await;
+        self.dispatch(entries, None, false);
+        Ok(())
+    }
+
+    /// Hands the entries shutdown kept from starting back to the group: claimed to the hand-back
+    /// pseudo-consumer with a long idle time (`XCLAIM ... IDLE ... JUSTID`: no delivery
+    /// counted), so another consumer takes them at its next check instead of waiting for the
+    /// visibility timeout, and runs them without suspicion.
+    async fn hand_back(&self) {
+        let ids: Vec<String> = match self.handback.lock() {
+            Ok(mut h) => std::mem::take(&mut *h),
+            Err(_) => return,
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let mut conn = self.bus.conn.clone();
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.stream)
+            .arg(self.handler.name)
+            .arg(HANDBACK_CONSUMER)
+            .arg(0)
+            .arg(&ids)
+            .arg("IDLE")
+            .arg(HANDBACK_IDLE_MS)
+            .arg("JUSTID");
+        let r = tokio::select! {
+            r = cmd.query_async::<Vec<String>>(&mut conn) => r,
+            () = self.runner.abort.cancelled() => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "drain timeout passed",
+            ))),
+        };
+        match r {
+            Ok(moved) => {
+                Stats::add(&self.stats.handed_back, moved.len() as u64);
+                tracing::info!(
+                    handler = self.handler.name,
+                    entries = moved.len(),
+                    "handed prefetched entries back to the group at shutdown"
+                );
+            }
+            Err(e) => tracing::warn!(
+                handler = self.handler.name,
+                entries = ids.len(),
+                error = %e,
+                "cannot hand prefetched entries back; they stay pending and are claimed after the visibility timeout"
+            ),
+        }
+        if let Ok(mut s) = self.inflight.lock() {
+            for id in &ids {
+                s.remove(id);
             }
         }
     }
@@ -502,9 +661,9 @@ impl Shared {
                     claimed = reply.claimed.len(),
                     "claimed entries of a silent consumer"
                 );
-                let claimed = reply.claimed;
-                let (claimed, counts) = self.still_ours(claimed).await;
-                self.dispatch(claimed, None, |id| counts.get(id).copied().unwrap_or(1));
+                let claimed = self.redelivered(reply.claimed).await;
+                // Their consumer went silent: any of them may have been running when it died.
+                self.dispatch(claimed, None, true);
             }
             if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
                 break;
@@ -514,43 +673,79 @@ impl Shared {
         Ok(())
     }
 
-    /// Spawns a run per entry. Each takes a window permit if one is free (`first` for the first
-    /// one; claims may go past the window by a page) and waits its turn for a run slot.
+    /// Spawns a run per entry (with the attempts charged to it so far). Each takes a window
+    /// permit if one is free (`first` for the first one; claims may go past the window by a
+    /// page) and waits its turn for a run slot; a suspect waits for every slot, so it runs
+    /// alone. Once shutdown has begun, an entry that has not started is handed back instead.
     fn dispatch(
         self: &Arc<Self>,
-        entries: Vec<Entry>,
+        entries: Vec<(Entry, u32)>,
         mut first: Option<OwnedSemaphorePermit>,
-        deliveries: impl Fn(&str) -> u32,
+        suspect: bool,
     ) {
         // One lock for the whole batch: the entries not running here yet.
         let fresh: Vec<bool> = match self.inflight.lock() {
-            Ok(mut s) => entries.iter().map(|e| s.insert(e.id.clone())).collect(),
+            Ok(mut s) => entries
+                .iter()
+                .map(|(e, _)| s.insert(e.id.clone()))
+                .collect(),
             Err(_) => vec![true; entries.len()],
         };
-        for (entry, fresh) in entries.into_iter().zip(fresh) {
+        let slots = if suspect {
+            u32::try_from(self.runner.concurrency()).unwrap_or(u32::MAX)
+        } else {
+            1
+        };
+        for ((entry, charged), fresh) in entries.into_iter().zip(fresh) {
             if !fresh {
                 continue; // still running here since an earlier delivery
+            }
+            if suspect {
+                Stats::add(&self.stats.suspects, 1);
             }
             let window = first
                 .take()
                 .or_else(|| self.window.clone().try_acquire_owned().ok());
-            let n = deliveries(&entry.id);
             let shared = self.clone();
             self.tracker.spawn(async move {
                 let running = tokio::select! {
-                    p = shared.running.clone().acquire_owned() => p.ok(),
-                    () = shared.runner.abort.cancelled() => None,
+                    biased;
+                    () = shared.cancel.cancelled() => None,
+                    p = shared.running.clone().acquire_many_owned(slots) => p.ok(),
                 };
-                if running.is_some() {
-                    handle_entry(&shared, entry, n).await;
-                } else if let Ok(mut s) = shared.inflight.lock() {
-                    s.remove(&entry.id); // abandoned at shutdown: stays pending
+                match running {
+                    Some(running) if !shared.cancel.is_cancelled() => {
+                        handle_entry(&shared, entry, charged, suspect, window).await;
+                        drop(running);
+                    }
+                    _ => shared.release(entry.id),
                 }
-                drop((running, window));
             });
         }
     }
+
+    /// An entry shutdown kept from starting: queued for [`hand_back`](Self::hand_back) (it stays
+    /// in the in-flight set, leased, until then).
+    fn release(&self, id: String) {
+        match self.handback.lock() {
+            Ok(mut h) => h.push(id),
+            Err(_) => {
+                if let Ok(mut s) = self.inflight.lock() {
+                    s.remove(&id);
+                }
+            }
+        }
+    }
 }
+
+/// The pseudo-consumer that holds entries handed back at shutdown until a live consumer takes
+/// them. No reader ever reads under this name, so nothing it holds is ever started by it.
+const HANDBACK_CONSUMER: &str = "eventbus.handed-back";
+/// The idle time given to handed-back entries: far past any visibility timeout.
+const HANDBACK_IDLE_MS: u64 = 1_000_000_000;
+/// The `min-idle` of a take-over claim: after the first consumer's claim an entry's idle time
+/// restarts at 0, so a second consumer's claim in the same moment finds nothing to take.
+const HANDBACK_MIN_IDLE_MS: u64 = 10_000;
 
 /// Renews the leases of this reader's entries every third of the visibility timeout, and claims
 /// silent consumers' entries every claim interval (until shutdown starts). Runs until shutdown
@@ -560,15 +755,38 @@ async fn maintain(shared: Arc<Shared>) {
     let lease_interval = (config.visibility_timeout / 3).max(Duration::from_millis(10));
     let mut next_lease = Instant::now() + lease_interval;
     let mut next_claim = Instant::now();
-    let mut trim_watch = crate::stream_checks::TrimWatch::default(); // ops: trimmed before read
+    // Entries handed back at another consumer's shutdown are looked for more often than silent
+    // consumers' entries: they are known not to have started, and take one XPENDING to find.
+    let takeover_interval = config.claim_interval.min(Duration::from_millis(500));
+    let mut next_takeover = Instant::now();
+    let mut trim_watch = crate::stream_checks::TrimWatch::default();
+    // While claims fail (an ACL edit, Redis down), both schedules back off up to 5 s: no storm.
+    let mut failing_for = 0u32;
+    let backoff = |interval: Duration, failures: u32| {
+        if failures == 0 {
+            interval
+        } else {
+            interval
+                .saturating_mul(2u32.saturating_pow(failures.min(16)))
+                .clamp(Duration::from_millis(500), Duration::from_secs(5))
+                .max(interval)
+        }
+    };
     loop {
         let now = Instant::now();
         if now >= next_lease {
             shared.renew_leases().await;
             next_lease = Instant::now() + lease_interval;
         }
+        if now >= next_takeover && !shared.cancel.is_cancelled() {
+            if let Err(e) = shared.take_handed_back().await {
+                shared.claim_failed(&e);
+                failing_for = failing_for.saturating_add(1);
+            }
+            next_takeover = Instant::now() + backoff(takeover_interval, failing_for);
+        }
         if now >= next_claim && !shared.cancel.is_cancelled() {
-            // ops: entries trimmed before this group read them (health `trimmed_unread`).
+            // Entries trimmed before this group read them (health `trimmed_unread`).
             crate::stream_checks::check_trimmed(
                 &mut shared.bus.conn.clone(),
                 &shared.stream,
@@ -577,11 +795,20 @@ async fn maintain(shared: Arc<Shared>) {
                 &shared.stats,
             )
             .await;
-            if let Err(e) = shared.claim_abandoned().await {
-                Stats::add(&shared.stats.claim_errors, 1);
-                tracing::warn!(handler = shared.handler.name, error = %e, "claiming abandoned entries failed");
+            match shared.claim_abandoned().await {
+                Ok(()) => {
+                    shared.stats.clear(Path::Claim);
+                    failing_for = 0;
+                }
+                Err(e) => {
+                    shared.claim_failed(&e);
+                    failing_for = failing_for.saturating_add(1);
+                }
             }
-            next_claim = Instant::now() + config.claim_interval;
+            next_claim = Instant::now() + backoff(config.claim_interval, failing_for);
+        }
+        if shared.cancel.is_cancelled() {
+            shared.hand_back().await;
         }
         let idle = shared.inflight.lock().map(|s| s.is_empty()).unwrap_or(true);
         let reader_done = shared
@@ -594,7 +821,7 @@ async fn maintain(shared: Arc<Shared>) {
         let wake = if shared.cancel.is_cancelled() {
             next_lease
         } else {
-            next_lease.min(next_claim)
+            next_lease.min(next_claim).min(next_takeover)
         };
         tokio::select! {
             () = tokio::time::sleep_until(wake.min(Instant::now() + Duration::from_millis(100))) => {}
@@ -603,11 +830,7 @@ async fn maintain(shared: Arc<Shared>) {
     }
 }
 
-async fn ensure_group(
-    conn: &mut SharedConn,
-    stream: &str,
-    group: &str,
-) -> redis::RedisResult<()> {
+async fn ensure_group(conn: &mut SharedConn, stream: &str, group: &str) -> redis::RedisResult<()> {
     let r = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -622,10 +845,40 @@ async fn ensure_group(
     }
 }
 
-/// Handles one delivered entry to the end: acked (through the ack batcher), dead-lettered, or
-/// left pending. The entry stays in the in-flight set until its ack is sent.
-async fn handle_entry(shared: &Shared, entry: Entry, deliveries: u32) {
-    let outcome = run_entry(shared, &entry, deliveries).await;
+/// One settled entry on its way to the ack batcher.
+struct Settled {
+    id: String,
+    /// Its prefetch-window permit, released (dropped) once the ack lands.
+    _window: Option<OwnedSemaphorePermit>,
+    /// Whether its attempts hash field exists and must be deleted with the ack.
+    marked: bool,
+}
+
+/// Handles one delivered entry to the end: acked (through the ack batcher), dead-lettered,
+/// handed back, or left pending. The entry stays in the in-flight set, and keeps its window
+/// permit, until its ack lands.
+async fn handle_entry(
+    shared: &Shared,
+    entry: Entry,
+    charged: u32,
+    suspect: bool,
+    window: Option<OwnedSemaphorePermit>,
+) {
+    let marks = Marks {
+        conn: &shared.bus.conn,
+        key: &shared.marks_key,
+        group: shared.handler.name,
+        entry_id: &entry.id,
+    };
+    let mut charges = Charges {
+        before: charged,
+        marks: Some(&marks),
+        alone: suspect,
+        // A charged entry has a field to delete once it settles.
+        wrote: charged > 0,
+    };
+    let outcome = run_entry(shared, &entry, &mut charges).await;
+    let marked = charges.wrote;
     match outcome {
         Outcome::Ack | Outcome::Lost | Outcome::Skip => {
             match outcome {
@@ -633,83 +886,131 @@ async fn handle_entry(shared: &Shared, entry: Entry, deliveries: u32) {
                 Outcome::Ack => Stats::add(&shared.stats.handled, 1),
                 _ => {}
             }
+            Stats::add(&shared.stats.unacked, 1);
             // The ack loop takes the entry out of the in-flight set once it is acked.
-            if let Err(mpsc::error::SendError(id)) = shared.acks.send(entry.id)
-                && let Ok(mut s) = shared.inflight.lock()
-            {
-                s.remove(&id);
+            let settled = Settled {
+                id: entry.id,
+                _window: window,
+                marked,
+            };
+            if let Err(mpsc::error::SendError(settled)) = shared.acks.send(settled) {
+                Stats::sub(&shared.stats.unacked, 1);
+                if let Ok(mut s) = shared.inflight.lock() {
+                    s.remove(&settled.id);
+                }
             }
             return;
         }
         Outcome::DeadLetter(failure) => {
             let mut conn = shared.bus.conn.clone();
-            let ack = Some((shared.stream.as_str(), entry.id.as_str()));
+            let ack = Some(entry.id.as_str());
             shared.runner.dead_letter(&mut conn, ack, &failure).await;
+        }
+        Outcome::Released => {
+            shared.release(entry.id);
+            return;
         }
         Outcome::Abandoned => {}
     }
+    drop(window);
     if let Ok(mut s) = shared.inflight.lock() {
         s.remove(&entry.id);
     }
 }
 
-/// Sends the acks of one reader: ids queue up while an XACK is in flight and go out together in
-/// the next one, so a busy reader acks in batches and an idle one at once (no timer, no added
-/// latency). Ends, after sending everything queued, when the reader and all its runs are done.
+/// Sends the acks of one reader: entries queue up while an XACK is in flight and go out together
+/// in the next one, so a busy reader acks in batches and an idle one at once (no timer, no
+/// added latency). Charged entries' attempts fields are deleted in the same round trip. An
+/// entry's window permit is released only when its ack lands: while acks fail, the reader stops
+/// taking new entries (the entries at risk of a second run stay bounded by the window). Ends,
+/// after sending everything queued, when the reader and all its runs are done.
+#[allow(clippy::too_many_arguments)]
 async fn ack_loop(
-    mut rx: mpsc::UnboundedReceiver<String>,
+    mut rx: mpsc::UnboundedReceiver<Settled>,
     mut conn: SharedConn,
     stream: String,
+    marks_key: String,
     group: &'static str,
     inflight: Arc<Mutex<HashSet<String>>>,
+    stats: Arc<Stats>,
     abort: CancellationToken,
 ) {
     const MAX_BATCH: usize = 1000;
-    let mut batch = Vec::with_capacity(64);
+    let mut batch: Vec<Settled> = Vec::with_capacity(64);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(id) => batch.push(id),
+                Ok(settled) => batch.push(settled),
                 Err(_) => break,
             }
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK").arg(&stream).arg(group);
+        for settled in &batch {
+            pipe.arg(&settled.id);
+        }
+        if batch.iter().any(|s| s.marked) {
+            pipe.cmd("HDEL").arg(&marks_key);
+            for settled in batch.iter().filter(|s| s.marked) {
+                pipe.arg(transport::attempts_field(group, &settled.id));
+            }
+            pipe.ignore();
         }
         // XACK is idempotent: retry until it lands (the entries stay in the in-flight set, so
         // nothing re-runs them meanwhile), or until shutdown gives up on the drain.
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0u32;
         loop {
-            let r = redis::cmd("XACK")
-                .arg(&stream)
-                .arg(group)
-                .arg(&batch)
-                .query_async::<i64>(&mut conn)
-                .await;
-            let Err(e) = r else { break };
+            let r = tokio::select! {
+                r = pipe.query_async::<Value>(&mut conn) => r,
+                () = abort.cancelled() => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the drain timeout passed",
+                ))),
+            };
+            let Err(e) = r else {
+                stats.clear(Path::Ack);
+                break;
+            };
             attempt += 1;
-            if attempt == 4 {
-                tracing::warn!(handler = group, error = %e, entries = batch.len(), "cannot ack yet; retrying until Redis answers");
+            Stats::add(&stats.ack_errors, 1);
+            stats.set(
+                Path::Ack,
+                Some(format!(
+                    "cannot ack {} handled entries (the reader stops taking new ones until acks land): {e}",
+                    batch.len()
+                )),
+            );
+            if attempt == 1 || attempt.is_power_of_two() {
+                tracing::warn!(handler = group, error = %e, entries = batch.len(), "cannot ack yet; retrying until Redis answers (no new entries are taken meanwhile)");
+            }
+            if abort.is_cancelled() {
+                tracing::warn!(
+                    handler = group,
+                    entries = batch.len(),
+                    "shutdown before these acks landed; the events will be delivered again"
+                );
+                break;
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = abort.cancelled() => {
-                    tracing::warn!(handler = group, entries = batch.len(), "shutdown before these acks landed; the events will be delivered again");
-                    break;
-                }
+                () = abort.cancelled() => {}
             }
             delay = (delay * 2).min(Duration::from_secs(2));
         }
+        Stats::sub(&stats.unacked, batch.len() as u64);
         if let Ok(mut s) = inflight.lock() {
-            for id in &batch {
-                s.remove(id);
+            for settled in &batch {
+                s.remove(&settled.id);
             }
         }
-        batch.clear();
+        batch.clear(); // releases the window permits
     }
 }
 
 /// Reads the envelope out of one entry and runs it through the handler's pipeline.
-async fn run_entry(shared: &Shared, entry: &Entry, deliveries: u32) -> Outcome {
+async fn run_entry(shared: &Shared, entry: &Entry, charges: &mut Charges<'_>) -> Outcome {
     let handler = shared.runner.handler;
     if entry.fields.is_empty() {
         // Re-read of a pending entry that was deleted from the stream: nothing to run.
@@ -740,7 +1041,21 @@ async fn run_entry(shared: &Shared, entry: &Entry, deliveries: u32) -> Outcome {
             envelope: String::new(),
         });
     };
-    shared.runner.run(raw, deliveries).await
+    shared.runner.run_charged(raw, charges).await
+}
+
+/// Whether a read error means the blocking connection must be replaced: it is dead (I/O,
+/// timeout, dropped), or pinned to a server that is no longer the primary (`READONLY`,
+/// `MASTERDOWN`, `UNBLOCKED` after a demotion), or the server is loading.
+fn needs_new_connection(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.code(),
+            Some("READONLY" | "MASTERDOWN" | "UNBLOCKED" | "LOADING")
+        )
 }
 
 /// A stream entry id as `(milliseconds, sequence)`, for ordering.

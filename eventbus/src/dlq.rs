@@ -1,18 +1,25 @@
-//! Dead letters: written atomically with the ack, listed, replayed, removed.
+//! Dead letters: written together with the ack in one server-side step, listed, replayed
+//! atomically, removed.
+//!
+//! Every write here is a Lua script run in the event's hash slot (`<ns>:{<event>}`, its `:dlq`
+//! and `:attempts` keys share the slot), because `MULTI`/`EXEC` runs the `XACK` even when the
+//! `XADD` of the dead letter fails at run time (`WRONGTYPE`): only a script can stop halfway
+//! *before* the ack. Scripts go out as `EVALSHA`, and as `EVAL` (which also caches them) when
+//! the server answers `NOSCRIPT`: the ACL needs `+evalsha +eval`, plus the commands the scripts
+//! call (`xpending xadd xack hdel xrange xinfo|groups xdel publish`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
-use redis::Value;
-use crate::transport::SharedConn;
 use redis::streams::StreamRangeReply;
+use redis::{FromRedisValue, Script, ToRedisArgs, Value};
 
 use crate::bus::BusInner;
 use crate::envelope::{self, EventId};
 use crate::error::{Error, Result};
 use crate::handler::HandlerRegistration;
-use crate::transport;
+use crate::transport::{self, SharedConn};
 
 /// Why a delivery failed for good.
 #[derive(Debug)]
@@ -25,54 +32,229 @@ pub(crate) struct Failure {
     pub(crate) envelope: String,
 }
 
-/// `MULTI; XADD <dlq> * ...; [XACK <stream> <group> <id>;] EXEC`: for a durable entry (`ack` is
-/// `Some((stream, entry id))`) the dead letter exists if and only if the original is acked. Both
-/// keys share the event's hash slot.
-pub(crate) async fn write(
+/// The keys of one event that a dead-letter write touches. All three share the event's hash
+/// slot (`{<event>}`), so one script can use them in Redis Cluster too.
+#[derive(Debug, Clone)]
+pub(crate) struct DlqKeys {
+    /// The event stream, `<ns>:{<event>}` ([`transport::stream_key`]).
+    pub(crate) stream: String,
+    /// The dead letters, `<ns>:{<event>}:dlq` ([`transport::dlq_key`]).
+    pub(crate) dlq: String,
+    /// The charged attempts, `<ns>:{<event>}:attempts` ([`transport::attempts_key`]).
+    pub(crate) attempts: String,
+}
+
+impl DlqKeys {
+    /// The keys of `event` in `namespace`.
+    pub(crate) fn new(namespace: &str, event: &str) -> DlqKeys {
+        DlqKeys {
+            stream: transport::stream_key(namespace, event),
+            dlq: transport::dlq_key(namespace, event),
+            attempts: transport::attempts_key(namespace, event),
+        }
+    }
+}
+
+/// What [`write_letter`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The dead letter was written (and, for a durable entry, the original acked and its
+    /// charged attempts deleted), all in one step.
+    Letter,
+    /// Nothing was written: the durable entry is no longer pending for the group. It was
+    /// already settled: acked or dead-lettered by another consumer that exhausted the same
+    /// entry, or by an earlier try of this write whose reply was lost; or its stream or group
+    /// was deleted. Do not count it as a new dead letter.
+    AlreadySettled,
+}
+
+/// `write_letter` for a durable entry. KEYS: stream, dlq, attempts. ARGV: group, entry id,
+/// attempts field, then the dead letter's field/value pairs. Returns 1 (written) or 0 (the
+/// entry is not pending for the group: nothing written). When the `XADD` fails (`WRONGTYPE`,
+/// `OOM`, ...) the script stops with that error before the `XACK`: the original stays pending.
+const WRITE_LUA: &str = r#"
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if type(pending) == 'table' and pending.err then
+  if string.sub(pending.err, 1, 8) == 'NOGROUP ' then
+    return 0
+  end
+  return pending
+end
+if #pending == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.pcall('HDEL', KEYS[3], ARGV[3])
+return 1
+"#;
+
+/// Durable replay. KEYS: dlq, stream. ARGV: letter entry id, handler (group), envelope,
+/// max length (`""` for none). Returns 1 (re-added, letter deleted), 0 (no such letter), -1 (no
+/// stream), -2 (the handler has no group on the stream); nothing is written unless 1.
+const REPLAY_LUA: &str = r#"
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  return 0
+end
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])
+if type(groups) == 'table' and groups.err then
+  if string.sub(groups.err, 1, 4) == 'ERR ' then
+    return -1
+  end
+  return groups
+end
+local found = false
+for _, group in ipairs(groups) do
+  for i = 1, #group - 1, 2 do
+    if group[i] == 'name' and group[i + 1] == ARGV[2] then
+      found = true
+    end
+  end
+end
+if not found then
+  return -2
+end
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'envelope', ARGV[3], 'handler', ARGV[2])
+else
+  redis.call('XADD', KEYS[2], '*', 'envelope', ARGV[3], 'handler', ARGV[2])
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// Broadcast replay. KEYS: dlq. ARGV: letter entry id, channel, payload. Returns -1 (no such
+/// letter) or the number of subscribers that received the message; the letter is deleted only
+/// when that number is above 0.
+const REPLAY_BROADCAST_LUA: &str = r#"
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  return -1
+end
+local receivers = redis.call('PUBLISH', ARGV[2], ARGV[3])
+if receivers > 0 then
+  redis.call('XDEL', KEYS[1], ARGV[1])
+end
+return receivers
+"#;
+
+/// A Lua script with its source (for `EVAL`) and hash (for `EVALSHA`).
+struct Lua {
+    source: &'static str,
+    script: LazyLock<Script>,
+}
+
+static WRITE: Lua = Lua {
+    source: WRITE_LUA,
+    script: LazyLock::new(|| Script::new(WRITE_LUA)),
+};
+static REPLAY: Lua = Lua {
+    source: REPLAY_LUA,
+    script: LazyLock::new(|| Script::new(REPLAY_LUA)),
+};
+static REPLAY_BROADCAST: Lua = Lua {
+    source: REPLAY_BROADCAST_LUA,
+    script: LazyLock::new(|| Script::new(REPLAY_BROADCAST_LUA)),
+};
+
+impl Lua {
+    /// `EVALSHA`, then `EVAL` when the server does not have the script cached (`NOSCRIPT`:
+    /// restarted, `SCRIPT FLUSH`, a failover to a replica that never saw it).
+    async fn run<T: FromRedisValue>(
+        &self,
+        conn: &mut SharedConn,
+        keys: &[&str],
+        args: &[Vec<u8>],
+    ) -> redis::RedisResult<T> {
+        let build = |name: &str, first: &str| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(first).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        match build("EVALSHA", self.script.get_hash())
+            .query_async(conn)
+            .await
+        {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                build("EVAL", self.source).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Appends `value` as one Redis argument.
+fn push(args: &mut Vec<Vec<u8>>, value: impl ToRedisArgs) {
+    args.extend(value.to_redis_args());
+}
+
+/// Writes one dead letter for `handler`.
+///
+/// - Durable entry (`ack` = `Some(entry id)`): one Lua script in the event's slot. If the entry
+///   is not pending for the handler's group (`XPENDING <stream> <group> <id> <id> 1` is empty),
+///   it writes nothing and returns [`Written::AlreadySettled`]: a retry after a lost reply, or a
+///   second consumer that exhausted the same entry, cannot write a second letter. Otherwise it
+///   `XADD`s the dead letter, `XACK`s the original and `HDEL`s its charged attempts
+///   ([`transport::attempts_field`]), and returns [`Written::Letter`]. When the `XADD` fails at
+///   run time (`WRONGTYPE`, `OOM`, ACL) the script stops before the `XACK` and this returns the
+///   error: the original stays pending, so retrying the call later is safe.
+/// - Broadcast (`ack` = `None`): a plain `XADD` of the letter; always [`Written::Letter`].
+///
+/// The dead letter's fields are `event_id event_name handler error attempts failed_at stream_id
+/// delivery envelope`, in that order (docs/WIRE.md).
+///
+/// # Errors
+///
+/// The Redis error; nothing was acked. Retry with backoff.
+pub(crate) async fn write_letter(
     conn: &mut SharedConn,
-    dlq: &str,
+    keys: &DlqKeys,
     handler: &HandlerRegistration,
-    ack: Option<(&str, &str)>,
+    ack: Option<&str>,
     failure: &Failure,
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<Written> {
     let failed_at = crate::envelope::rfc3339_millis(SystemTime::now());
     let event_id = failure.event_id.as_ref().map(EventId::as_str).unwrap_or("");
     let (stream_id, delivery) = match ack {
-        Some((_, id)) => (id, "durable"),
+        Some(id) => (id, "durable"),
         None => ("", "broadcast"),
     };
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("XADD")
-        .arg(dlq)
-        .arg("*")
-        .arg("event_id")
-        .arg(event_id)
-        .arg("event_name")
-        .arg(handler.event_name)
-        .arg("handler")
-        .arg(handler.name)
-        .arg("error")
-        .arg(&failure.error)
-        .arg("attempts")
-        .arg(failure.attempts)
-        .arg("failed_at")
-        .arg(&failed_at)
-        .arg("stream_id")
-        .arg(stream_id)
-        .arg("delivery")
-        .arg(delivery)
-        .arg("envelope")
-        .arg(&failure.envelope)
-        .ignore();
-    if let Some((stream, id)) = ack {
-        pipe.cmd("XACK")
-            .arg(stream)
-            .arg(handler.name)
-            .arg(id)
-            .ignore();
+    let attempts = failure.attempts.to_string();
+    let fields: [(&str, &str); 9] = [
+        ("event_id", event_id),
+        ("event_name", handler.event_name),
+        ("handler", handler.name),
+        ("error", &failure.error),
+        ("attempts", &attempts),
+        ("failed_at", &failed_at),
+        ("stream_id", stream_id),
+        ("delivery", delivery),
+        ("envelope", &failure.envelope),
+    ];
+    let Some(id) = ack else {
+        let mut add = redis::cmd("XADD");
+        add.arg(&keys.dlq).arg("*");
+        for (name, value) in fields {
+            add.arg(name).arg(value);
+        }
+        add.query_async::<()>(conn).await?;
+        return Ok(Written::Letter);
+    };
+    let mut args = Vec::with_capacity(3 + 2 * fields.len());
+    push(&mut args, handler.name);
+    push(&mut args, id);
+    push(&mut args, transport::attempts_field(handler.name, id));
+    for (name, value) in fields {
+        push(&mut args, name);
+        push(&mut args, value);
     }
-    pipe.query_async::<()>(conn).await
+    let written: i64 = WRITE
+        .run(conn, &[&keys.stream, &keys.dlq, &keys.attempts], &args)
+        .await?;
+    Ok(if written == 1 {
+        Written::Letter
+    } else {
+        Written::AlreadySettled
+    })
 }
 
 /// One dead letter: an event a handler could not handle, with why.
@@ -123,9 +305,12 @@ impl DeadLetters {
         self.bus.conn.clone()
     }
 
-    /// Every dead-letter stream of the namespace.
-    async fn keys(&self) -> Result<Vec<String>> {
-        let pattern = format!("{}:{{*}}:dlq", self.bus.config.namespace);
+    /// Every dead-letter stream of the namespace, and the event of each: `SCAN` with the
+    /// namespace escaped in the pattern, then only the keys that are exactly
+    /// `<namespace>:{<event name>}:dlq` (another namespace's keys can match a pattern).
+    async fn keys(&self) -> Result<Vec<(String, String)>> {
+        let namespace = &self.bus.config.namespace;
+        let pattern = dlq_pattern(namespace);
         let mut conn = self.conn();
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
@@ -141,7 +326,10 @@ impl DeadLetters {
                 .query_async(&mut conn)
                 .await
                 .map_err(Error::redis("SCAN"))?;
-            keys.extend(batch);
+            keys.extend(batch.into_iter().filter_map(|key| {
+                let event = event_of_key(namespace, &key)?.to_owned();
+                Some((key, event))
+            }));
             if next == 0 {
                 break;
             }
@@ -160,10 +348,7 @@ impl DeadLetters {
     pub async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut all = Vec::new();
         let mut conn = self.conn();
-        for key in self.keys().await? {
-            let Some(event) = transport::event_of_dlq_key(&self.bus.config.namespace, &key) else {
-                continue;
-            };
+        for (key, event) in self.keys().await? {
             let reply: StreamRangeReply = redis::cmd("XRANGE")
                 .arg(&key)
                 .arg("-")
@@ -173,7 +358,7 @@ impl DeadLetters {
                 .query_async(&mut conn)
                 .await
                 .map_err(Error::redis("XRANGE"))?;
-            all.extend(reply.ids.into_iter().map(|e| parse(event, &e.id, &e.map)));
+            all.extend(reply.ids.into_iter().map(|e| parse(&event, &e.id, &e.map)));
         }
         all.sort_by(|a, b| (a.failed_at, &a.id).cmp(&(b.failed_at, &b.id)));
         all.truncate(limit);
@@ -183,10 +368,23 @@ impl DeadLetters {
     /// Redelivers a dead letter to the handler that gave up on it, and to no other handler,
     /// then removes it. The event keeps its id.
     ///
+    /// Atomic: the check that the letter still exists, the redelivery and the removal are one
+    /// server-side step, so of two concurrent replays of one letter exactly one redelivers it;
+    /// the other gets [`Error::DeadLetterNotFound`].
+    ///
+    /// - A durable letter is appended to the event's stream (with `MAXLEN ~` when `max_len` is
+    ///   set), marked for its handler. It is refused, and kept, when that handler has no
+    ///   consumer group on the stream (nothing would ever read it for that handler).
+    /// - A broadcast letter is published again on its channel, marked for its handler: it runs
+    ///   in every bus instance subscribed at that moment. It is removed only when at least one
+    ///   subscriber received it; with none, it is kept and this returns [`Error::Replay`].
+    ///
     /// # Errors
     ///
-    /// [`Error::DeadLetterNotFound`], [`Error::Replay`] when its envelope was never a valid
-    /// event (fix the producer and publish again instead), or [`Error::Redis`].
+    /// [`Error::DeadLetterNotFound`] (also when a concurrent replay or `remove` got there
+    /// first); [`Error::Replay`] when its envelope was never a valid event (fix the producer and
+    /// publish again instead), when nothing could receive it (no group or stream; no
+    /// subscriber): the letter is kept, start the service and replay again; or [`Error::Redis`].
     pub async fn replay(&self, id: &str) -> Result<()> {
         let (key, entry, event) = self.locate(id)?;
         let mut conn = self.conn();
@@ -220,35 +418,48 @@ impl DeadLetters {
                 .replay_broadcast(id, &key, entry, event, &raw, &handler)
                 .await;
         }
-        let stream = transport::stream_key(&self.bus.config.namespace, event);
-        let mut add = redis::cmd("XADD");
-        add.arg(&stream);
-        if let Some(n) = self.bus.config.max_len {
-            add.arg("MAXLEN").arg("~").arg(n);
-        }
-        add.arg("*")
-            .arg(envelope::FIELD_ENVELOPE)
-            .arg(&raw)
-            .arg(envelope::FIELD_HANDLER)
-            .arg(&handler);
-        redis::pipe()
-            .atomic()
-            .add_command(add)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&key)
-            .arg(entry)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        let DlqKeys { stream, .. } = DlqKeys::new(&self.bus.config.namespace, event);
+        let mut args = Vec::with_capacity(4);
+        push(&mut args, entry);
+        push(&mut args, &handler);
+        push(&mut args, &raw);
+        push(
+            &mut args,
+            self.bus
+                .config
+                .max_len
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        );
+        let code: i64 = REPLAY
+            .run(&mut conn, &[&key, &stream], &args)
             .await
-            .map_err(Error::redis("XADD+XDEL"))?;
-        tracing::info!(dead_letter = id, handler = %handler, "dead letter replayed");
-        Ok(())
+            .map_err(Error::redis("EVALSHA (replay)"))?;
+        match code {
+            1 => {
+                tracing::info!(dead_letter = id, handler = %handler, "dead letter replayed");
+                Ok(())
+            }
+            0 => Err(Error::DeadLetterNotFound(id.to_owned())),
+            -1 => Err(Error::Replay {
+                id: id.to_owned(),
+                reason: format!(
+                    "the stream `{stream}` does not exist, so handler `{handler}` could not receive it; the dead letter is kept: start a service that runs `{handler}` (it creates the stream and the group) and replay again"
+                ),
+            }),
+            _ => Err(Error::Replay {
+                id: id.to_owned(),
+                reason: format!(
+                    "handler `{handler}` has no consumer group on the stream `{stream}`, so nothing would ever read it; the dead letter is kept: start a service that runs `{handler}` (it creates its group) and replay again"
+                ),
+            }),
+        }
     }
 
     /// A broadcast dead letter is published again on its channel, marked (extension attribute
     /// `eventbushandler`) for the handler that gave up: that handler runs it in every bus
-    /// instance subscribed now; other handlers skip it. At most once, like any broadcast.
+    /// instance subscribed now; other handlers skip it. At most once, like any broadcast; the
+    /// letter is removed only when some subscriber received it.
     async fn replay_broadcast(
         &self,
         id: &str,
@@ -267,20 +478,27 @@ impl DeadLetters {
         let payload = serde_json::Value::Object(envelope).to_string();
         let channel = transport::channel_key(&self.bus.config.namespace, event);
         let mut conn = self.conn();
-        redis::pipe()
-            .cmd("PUBLISH")
-            .arg(&channel)
-            .arg(&payload)
-            .ignore()
-            .cmd("XDEL")
-            .arg(key)
-            .arg(entry)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        let mut args = Vec::with_capacity(3);
+        push(&mut args, entry);
+        push(&mut args, &channel);
+        push(&mut args, &payload);
+        let receivers: i64 = REPLAY_BROADCAST
+            .run(&mut conn, &[key], &args)
             .await
-            .map_err(Error::redis("PUBLISH+XDEL"))?;
-        tracing::info!(dead_letter = id, handler = %handler, "broadcast dead letter republished");
-        Ok(())
+            .map_err(Error::redis("EVALSHA (replay)"))?;
+        match receivers {
+            r if r < 0 => Err(Error::DeadLetterNotFound(id.to_owned())),
+            0 => Err(Error::Replay {
+                id: id.to_owned(),
+                reason: format!(
+                    "no subscriber of channel `{channel}` is listening, so handler `{handler}` could not receive it; the dead letter is kept: start a service that runs `{handler}` and replay again"
+                ),
+            }),
+            r => {
+                tracing::info!(dead_letter = id, handler = %handler, receivers = r, "broadcast dead letter republished");
+                Ok(())
+            }
+        }
     }
 
     /// Deletes one dead letter.
@@ -303,7 +521,8 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Deletes every dead letter of the namespace; returns how many there were.
+    /// Deletes every dead letter of the namespace, and only of this namespace; returns how many
+    /// there were.
     ///
     /// # Errors
     ///
@@ -311,7 +530,7 @@ impl DeadLetters {
     pub async fn purge(&self) -> Result<usize> {
         let mut conn = self.conn();
         let mut total = 0;
-        for key in self.keys().await? {
+        for (key, _) in self.keys().await? {
             let (len, _): (usize, i64) = redis::pipe()
                 .atomic()
                 .cmd("XLEN")
@@ -326,11 +545,12 @@ impl DeadLetters {
         Ok(total)
     }
 
+    /// The dead-letter key, entry id and event of a dead letter's id.
     fn locate<'a>(&self, id: &'a str) -> Result<(String, &'a str, &'a str)> {
         let (event, entry) = id
             .rsplit_once('/')
             .ok_or_else(|| Error::DeadLetterNotFound(id.to_owned()))?;
-        if event.is_empty() || entry.is_empty() {
+        if !is_event_name(event) || entry.is_empty() {
             return Err(Error::DeadLetterNotFound(id.to_owned()));
         }
         Ok((
@@ -339,6 +559,35 @@ impl DeadLetters {
             event,
         ))
     }
+}
+
+/// The `SCAN MATCH` pattern of a namespace's dead-letter keys, `<ns>:{*}:dlq`, with every glob
+/// metacharacter of the namespace (`\ * ? [ ]`) escaped so that it matches only itself.
+fn dlq_pattern(namespace: &str) -> String {
+    let mut pattern = String::with_capacity(namespace.len() + 8);
+    for c in namespace.chars() {
+        if matches!(c, '\\' | '*' | '?' | '[' | ']') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(":{*}:dlq");
+    pattern
+}
+
+/// The event of `key` when it is exactly a dead-letter key of `namespace`
+/// (`<namespace>:{<event name>}:dlq`, with a valid event name).
+fn event_of_key<'a>(namespace: &str, key: &'a str) -> Option<&'a str> {
+    transport::event_of_dlq_key(namespace, key).filter(|event| is_event_name(event))
+}
+
+/// An event name: non-empty, only ASCII letters, digits, `.`, `_` and `-` (what
+/// `#[event(name)]` accepts; docs/WIRE.md).
+fn is_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn as_text(v: &Value) -> Option<String> {
@@ -367,5 +616,43 @@ fn parse(event: &str, entry: &str, map: &HashMap<String, Value>) -> DeadLetter {
         failed_at,
         envelope: serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw)),
         stream_id: text("stream_id"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scan_pattern_escapes_glob_characters_of_the_namespace() {
+        assert_eq!(dlq_pattern("events"), "events:{*}:dlq");
+        assert_eq!(dlq_pattern(r"a\b"), r"a\\b:{*}:dlq");
+        assert_eq!(dlq_pattern("a*b?[c]"), r"a\*b\?\[c\]:{*}:dlq");
+    }
+
+    #[test]
+    fn only_exact_dead_letter_keys_of_the_namespace_are_taken() {
+        assert_eq!(
+            event_of_key("ns", "ns:{chat.created}:dlq"),
+            Some("chat.created")
+        );
+        assert_eq!(event_of_key(r"a\b", r"a\b:{x}:dlq"), Some("x"));
+        assert_eq!(event_of_key(r"a\b", "ab:{x}:dlq"), None);
+        assert_eq!(event_of_key("ns", "nsx:{x}:dlq"), None);
+        assert_eq!(
+            event_of_key("ns", "ns:{a}:{b}:dlq"),
+            None,
+            "not an event name"
+        );
+        assert_eq!(event_of_key("ns", "ns:{}:dlq"), None);
+        assert_eq!(event_of_key("ns", "ns:{x}:attempts"), None);
+    }
+
+    #[test]
+    fn dead_letter_keys_share_the_event_slot() {
+        let keys = DlqKeys::new("ns", "chat.created");
+        assert_eq!(keys.stream, "ns:{chat.created}");
+        assert_eq!(keys.dlq, "ns:{chat.created}:dlq");
+        assert_eq!(keys.attempts, "ns:{chat.created}:attempts");
     }
 }

@@ -2,7 +2,7 @@
 //! and fault reports.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 /// A snapshot of a bus: its shared connection (publishes, acks, claims, dead letters) and every
 /// reader of a [`RunningBus`](crate::RunningBus).

@@ -58,7 +58,7 @@ pub mod __private {
 }
 mod private;
 
-pub use bus::{Bus, RunningBus, run};
+pub use bus::{Bus, RunningBus, SHUTDOWN_MARGIN, run};
 pub use config::{BusBuilder, Overflow};
 pub use context::Context;
 pub use dlq::{DeadLetter, DeadLetters};

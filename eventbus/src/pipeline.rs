@@ -7,18 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use crate::transport::SharedConn;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::bus::BusInner;
 use crate::context::{Context, Delivery};
-use crate::dlq::{self, Failure};
+use crate::dlq::{self, DlqKeys, Failure, Written};
 use crate::envelope::{self, EventId};
 use crate::handler::HandlerRegistration;
-use crate::health::Stats;
+use crate::health::{Path, Stats};
 use crate::retry::RetryPolicy;
-use crate::transport;
+use crate::transport::{self, SharedConn};
 
 /// How one delivery ended.
 pub(crate) enum Outcome {
@@ -30,8 +29,50 @@ pub(crate) enum Outcome {
     Lost,
     /// Give up: write a dead letter (and ack).
     DeadLetter(Failure),
-    /// Shutdown abandoned the run: a durable entry stays pending for another consumer.
+    /// Shutdown abandoned a running attempt (the drain timeout passed): a durable entry stays
+    /// pending for another consumer, which runs it as a suspect.
     Abandoned,
+    /// Shutdown came while no attempt was running (before the first, or in a retry's backoff):
+    /// a durable entry is handed back at once, its failed attempts already charged.
+    Released,
+}
+
+/// Where a durable entry's charged attempts are kept: a field of the event's attempts hash
+/// (`<ns>:{<event>}:attempts`, in the stream's slot). Written only on failure and redelivery
+/// paths: a fresh entry that succeeds at once writes nothing.
+pub(crate) struct Marks<'a> {
+    pub(crate) conn: &'a SharedConn,
+    pub(crate) key: &'a str,
+    pub(crate) group: &'a str,
+    pub(crate) entry_id: &'a str,
+}
+
+impl Marks<'_> {
+    /// `HINCRBY key field by`.
+    async fn add(&self, by: i64) -> redis::RedisResult<i64> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HINCRBY")
+            .arg(self.key)
+            .arg(transport::attempts_field(self.group, self.entry_id))
+            .arg(by)
+            .query_async(&mut conn)
+            .await
+    }
+}
+
+/// What the pipeline knows of a delivery's history and where to record new charges.
+#[derive(Default)]
+pub(crate) struct Charges<'a> {
+    /// Attempts charged before this delivery (failed attempts, and crashes caused while
+    /// running alone).
+    pub(crate) before: u32,
+    /// Where to record charges; `None` (broadcast) records nothing.
+    pub(crate) marks: Option<&'a Marks<'a>>,
+    /// A suspect running alone: each attempt is charged before it starts, so a crash during it
+    /// counts against this event (and only this one) on its next delivery.
+    pub(crate) alone: bool,
+    /// Set when this delivery wrote a mark (the field must be deleted when the entry settles).
+    pub(crate) wrote: bool,
 }
 
 /// One handler's pipeline, shared by every run of it.
@@ -39,25 +80,42 @@ pub(crate) struct Runner {
     pub(crate) bus: Arc<BusInner>,
     pub(crate) handler: &'static HandlerRegistration,
     pub(crate) policy: RetryPolicy,
-    pub(crate) dlq: String,
+    pub(crate) keys: DlqKeys,
     pub(crate) stats: Arc<Stats>,
+    /// The start of a graceful shutdown: no new attempt starts.
+    pub(crate) cancel: CancellationToken,
+    /// The end of the drain: running attempts are abandoned.
     pub(crate) abort: CancellationToken,
+    /// How long one attempt may run.
+    pub(crate) timeout: Duration,
 }
 
 impl Runner {
     pub(crate) fn new(
         bus: Arc<BusInner>,
         handler: &'static HandlerRegistration,
+        cancel: CancellationToken,
         abort: CancellationToken,
     ) -> Runner {
         let defaults = &bus.config.retry;
+        let backoff = handler.options.backoff.unwrap_or(defaults.backoff);
         let policy = RetryPolicy {
             retries: handler.options.retries.unwrap_or(defaults.retries),
-            backoff: handler.options.backoff.unwrap_or(defaults.backoff),
-            max_backoff: handler.options.max_backoff.unwrap_or(defaults.max_backoff),
+            backoff,
+            // A handler's backoff above the bus's cap raises the cap: the floor is never undercut.
+            max_backoff: handler
+                .options
+                .max_backoff
+                .unwrap_or(defaults.max_backoff)
+                .max(backoff),
         };
         Runner {
-            dlq: transport::dlq_key(&bus.config.namespace, handler.event_name),
+            timeout: handler
+                .options
+                .timeout
+                .unwrap_or(bus.config.handler_timeout),
+            cancel,
+            keys: DlqKeys::new(&bus.config.namespace, handler.event_name),
             policy,
             stats: Arc::new(Stats::default()),
             bus,
@@ -75,9 +133,14 @@ impl Runner {
             .max(1) as usize
     }
 
-    /// Checks, decodes and runs one envelope, with retries. `deliveries` counts this delivery
-    /// (always 1 for broadcast).
-    pub(crate) async fn run(&self, raw: &[u8], deliveries: u32) -> Outcome {
+    /// Checks, decodes and runs one broadcast envelope, with retries.
+    pub(crate) async fn run(&self, raw: &[u8], _deliveries: u32) -> Outcome {
+        self.run_charged(raw, &mut Charges::default()).await
+    }
+
+    /// Checks, decodes and runs one envelope, with retries, charging failed attempts (and, for a
+    /// suspect running alone, every attempt before it starts) to `charges`.
+    pub(crate) async fn run_charged(&self, raw: &[u8], charges: &mut Charges<'_>) -> Outcome {
         let handler = self.handler;
         let reject = |event_id: Option<EventId>, raw: &[u8], error: String| {
             Outcome::DeadLetter(Failure {
@@ -129,13 +192,14 @@ impl Runner {
             );
         }
         let attempts = self.policy.attempts();
-        if deliveries > attempts {
+        if charges.before >= attempts {
+            let before = charges.before;
             return Outcome::DeadLetter(Failure {
                 event_id: Some(env.id),
                 error: format!(
-                    "delivered {deliveries} times without completing (the consumer crashed or stalled each time); the limit is {attempts}"
+                    "its consumer crashed during its last attempt: {before} attempt(s) charged (failed, or crashed the process while running alone), the limit is {attempts}"
                 ),
-                attempts: deliveries - 1,
+                attempts: before,
                 envelope: text.to_owned(),
             });
         }
@@ -149,14 +213,27 @@ impl Runner {
             states: self.bus.states.clone(),
         });
         let mut last_error = String::new();
-        for attempt in 1..=attempts {
+        for attempt in charges.before.saturating_add(1)..=attempts {
+            if self.cancel.is_cancelled() {
+                return Outcome::Released; // shutdown: no new attempt starts
+            }
+            if charges.alone
+                && let Some(marks) = charges.marks
+            {
+                // Charged before it starts: if it takes the process down, its next delivery
+                // knows. Without the record it must not run (a crash would go uncounted).
+                if !self.charge(marks, 1).await {
+                    return Outcome::Released;
+                }
+                charges.wrote = true;
+            }
             let span = tracing::info_span!(
                 "eventbus.handle",
                 event_id = %env.id,
                 event_name = handler.event_name,
                 handler = handler.name,
                 attempt,
-                delivery = deliveries,
+                suspect = charges.alone,
             );
             let ctx = Context::new(delivery.clone(), attempt);
             let run = async {
@@ -178,10 +255,29 @@ impl Runner {
                 }
             }
             .instrument(span.clone());
+            let timeout = self.timeout;
+            let run = async {
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        Stats::add(&self.stats.timeouts, 1);
+                        Err(Err(format!(
+                            "handler timed out after {} (the attempt was cancelled)",
+                            crate::config::fmt_duration(timeout)
+                        )))
+                    }
+                }
+            };
             let result = tokio::select! {
                 biased;
                 r = run => r,
-                () = self.abort.cancelled() => return Outcome::Abandoned,
+                () = self.abort.cancelled() => {
+                    if charges.alone && let Some(marks) = charges.marks {
+                        // Not its crash: take back the charge made before the attempt.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), marks.add(-1)).await;
+                    }
+                    return Outcome::Abandoned;
+                }
             };
             match result {
                 Ok(()) => {
@@ -198,12 +294,25 @@ impl Runner {
                     });
                 }
                 Err(Err(error)) => {
+                    if !charges.alone
+                        && let Some(marks) = charges.marks
+                    {
+                        // A failure survives a crash of this process: charge it. Best effort (a
+                        // lost charge only means one more attempt later).
+                        if matches!(
+                            tokio::time::timeout(Duration::from_secs(2), marks.add(1)).await,
+                            Ok(Ok(_))
+                        ) {
+                            charges.wrote = true;
+                        }
+                    }
                     if attempt < attempts {
                         let delay = self.policy.delay(attempt);
                         span.in_scope(|| tracing::warn!(error = %error, retry_in = ?delay, "handler failed; retrying"));
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}
-                            () = self.abort.cancelled() => return Outcome::Abandoned,
+                            () = self.cancel.cancelled() => return Outcome::Released,
+                            () = self.abort.cancelled() => return Outcome::Released,
                         }
                     }
                     last_error = error;
@@ -218,13 +327,33 @@ impl Runner {
         })
     }
 
+    /// Charges `by` attempts to `marks`, retrying until Redis takes it; false when shutdown
+    /// came first.
+    async fn charge(&self, marks: &Marks<'_>, by: i64) -> bool {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match marks.add(by).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    tracing::warn!(handler = self.handler.name, error = %e, "cannot record the attempt of a suspect entry; retrying before it runs");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.cancel.cancelled() => return false,
+                        () = self.abort.cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
     /// Writes the dead letter, and for a durable entry acks it in the same transaction. While that
     /// fails (ACL, OOM, Redis down) a durable original stays pending, unacked; the write is
     /// retried with backoff until it succeeds or shutdown abandons it.
     pub(crate) async fn dead_letter(
         &self,
         conn: &mut SharedConn,
-        ack: Option<(&str, &str)>,
+        ack: Option<&str>,
         failure: &Failure,
     ) {
         tracing::error!(
@@ -237,15 +366,37 @@ impl Runner {
         );
         let mut delay = Duration::from_millis(100);
         loop {
-            match dlq::write(conn, &self.dlq, self.handler, ack, failure).await {
-                Ok(()) => {
+            match dlq::write_letter(conn, &self.keys, self.handler, ack, failure).await {
+                Ok(Written::Letter) => {
                     Stats::add(&self.stats.dead_lettered, 1);
+                    self.stats.clear(Path::DeadLetter);
+                    return;
+                }
+                Ok(Written::AlreadySettled) => {
+                    tracing::info!(
+                        handler = self.handler.name,
+                        "the entry was already settled (acked or dead-lettered elsewhere, or by an earlier try whose reply was lost): no second dead letter"
+                    );
+                    if let Some(id) = ack {
+                        // A charge this run wrote after the entry was settled elsewhere.
+                        let _ = redis::cmd("HDEL")
+                            .arg(&self.keys.attempts)
+                            .arg(transport::attempts_field(self.handler.name, id))
+                            .query_async::<i64>(conn)
+                            .await;
+                    }
+                    self.stats.clear(Path::DeadLetter);
                     return;
                 }
                 Err(e) => {
+                    Stats::add(&self.stats.dead_letter_errors, 1);
+                    self.stats.set(
+                        Path::DeadLetter,
+                        Some(format!("cannot write dead letter: {e}")),
+                    );
                     tracing::error!(
                         handler = self.handler.name,
-                        dlq = %self.dlq,
+                        dlq = %self.keys.dlq,
                         error = %e,
                         retry_in = ?delay,
                         "cannot write dead letter; the event stays pending (not acked) and the write is retried"

@@ -44,7 +44,6 @@ pub(crate) const MINIMAL_RULES: &[&str] = &[
     "+xdel",
     "+xlen",
     "+hincrby",
-    "+hget",
     "+hmget",
     "+hdel",
     "+evalsha",
@@ -180,6 +179,18 @@ const DEAD_LETTERS: &[Command] = &[
         "count dead letters when purging",
     ),
     req("DEL", "+del", &[Lit("DEL"), Dlq], "purge dead letters"),
+    req(
+        "MULTI",
+        "+multi",
+        &[Lit("MULTI")],
+        "purge dead letters (count and delete in one step)",
+    ),
+    req(
+        "EXEC",
+        "+exec",
+        &[Lit("EXEC")],
+        "purge dead letters (count and delete in one step)",
+    ),
     req(
         "SCAN",
         "+scan",
@@ -319,12 +330,6 @@ const DURABLE: &[Command] = &[
         "count failed attempts",
     ),
     req(
-        "HGET",
-        "+hget",
-        &[Lit("HGET"), Attempts, AttemptsField],
-        "read failed attempts",
-    ),
-    req(
         "HMGET",
         "+hmget",
         &[Lit("HMGET"), Attempts, AttemptsField],
@@ -340,7 +345,7 @@ const DURABLE: &[Command] = &[
         "EVALSHA",
         "+evalsha",
         &[Lit("EVALSHA"), Sha, Lit("3"), Stream, Dlq, Attempts],
-        "run the bus's scripts (dead letter and ack, replay, leaving the group)",
+        "run the bus's scripts (dead letter with ack, replay, leaving the group)",
     ),
     req(
         "EVAL",
@@ -354,19 +359,6 @@ const DURABLE: &[Command] = &[
             Attempts,
         ],
         "load the bus's scripts on first use",
-    ),
-    // MULTI/EXEC: dead letters are written in a transaction until every such write is a script.
-    req(
-        "MULTI",
-        "+multi",
-        &[Lit("MULTI")],
-        "write dead letters atomically",
-    ),
-    req(
-        "EXEC",
-        "+exec",
-        &[Lit("EXEC")],
-        "write dead letters atomically",
     ),
     opt(
         "XGROUP DELCONSUMER",
@@ -412,25 +404,13 @@ const BROADCAST: &[Command] = &[
         "EVALSHA",
         "+evalsha",
         &[Lit("EVALSHA"), Sha, Lit("1"), Dlq],
-        "run the bus's scripts (dead letters)",
+        "run the bus's scripts (replay of broadcast dead letters)",
     ),
     req(
         "EVAL",
         "+eval",
         &[Lit("EVAL"), Lit("return 0"), Lit("1"), Dlq],
         "load the bus's scripts on first use",
-    ),
-    req(
-        "MULTI",
-        "+multi",
-        &[Lit("MULTI")],
-        "write dead letters atomically",
-    ),
-    req(
-        "EXEC",
-        "+exec",
-        &[Lit("EXEC")],
-        "write dead letters atomically",
     ),
 ];
 

@@ -11,8 +11,14 @@
 //!   `redis-server` that the fault never touches (see [`record_key`] and [`handled_from_list`]),
 //!   which the test feeds in with [`Checker::set_handled`].
 //!
-//! The [`Verdict`] is `lost` = acked but never handled (must be empty), `unexpected` = handled
-//! but never published (must be empty), and `duplicates` = handler runs beyond the first per `n`
+//! - **dead-lettered**: the `n` of every dead letter (read back from the dead-letter stream with
+//!   [`stream_payload_ids`] and fed in with [`Checker::set_dead_lettered`]). Only a **culprit**
+//!   ([`Checker::culprit`]: an event that fails on its own, e.g. a job that aborts its process)
+//!   may be dead-lettered; any other dead letter is *innocent*.
+//!
+//! The [`Verdict`] is `lost` = acked but never handled, plus every innocent dead letter (must be
+//! empty; a culprit that was dead-lettered is accounted for), `unexpected` = handled but never
+//! published (must be empty), and `duplicates` = handler runs beyond the first per `n`
 //! (counted, reported, bounded per scenario). Everything is deduplicated by the payload's `n`,
 //! never by the Redis entry id, so a publish stored twice counts once.
 
@@ -52,6 +58,27 @@ struct Inner {
     failed: BTreeMap<u64, u32>,
     /// `n` → completed handler runs.
     handled: BTreeMap<u64, u64>,
+    /// `n` → dead letters written for it.
+    dead_lettered: BTreeMap<u64, u64>,
+    /// Events that fail on their own and may be dead-lettered.
+    culprits: BTreeSet<u64>,
+}
+
+impl Inner {
+    /// Acked, not handled, and not a culprit that was dead-lettered.
+    fn unresolved(&self, n: u64) -> bool {
+        !self.handled.contains_key(&n)
+            && !(self.culprits.contains(&n) && self.dead_lettered.contains_key(&n))
+    }
+
+    /// Dead-lettered without being a culprit.
+    fn innocent_dead_letters(&self) -> BTreeSet<u64> {
+        self.dead_lettered
+            .keys()
+            .filter(|n| !self.culprits.contains(n))
+            .copied()
+            .collect()
+    }
 }
 
 /// Records what was published and what was handled; cheap to clone (clones share the record),
@@ -99,6 +126,27 @@ impl Checker {
         self.lock().handled = handled;
     }
 
+    /// Marks `n` as a culprit: an event that fails on its own (its handler errs, or it aborts its
+    /// process) and may therefore end in the dead letters.
+    pub fn culprit(&self, n: u64) {
+        self.lock().culprits.insert(n);
+    }
+
+    /// Replaces the dead-letter record with `ns` (one item per dead letter), e.g. read back from
+    /// the dead-letter stream with [`stream_payload_ids`].
+    pub fn set_dead_lettered(&self, ns: impl IntoIterator<Item = u64>) {
+        let mut dead = BTreeMap::new();
+        for n in ns {
+            *dead.entry(n).or_default() += 1;
+        }
+        self.lock().dead_lettered = dead;
+    }
+
+    /// Events dead-lettered without being a culprit (a failure of the promise).
+    pub fn innocent_dead_letters(&self) -> BTreeSet<u64> {
+        self.lock().innocent_dead_letters()
+    }
+
     /// How many distinct events were acked.
     pub fn acked_count(&self) -> usize {
         self.lock().acked.len()
@@ -120,21 +168,22 @@ impl Checker {
         self.lock().failed.values().map(|&c| u64::from(c)).sum()
     }
 
-    /// Acked events not handled yet.
+    /// Acked events not handled yet (a culprit that was dead-lettered is not missing).
     pub fn missing(&self) -> BTreeSet<u64> {
         let inner = self.lock();
         inner
             .acked
             .keys()
-            .filter(|n| !inner.handled.contains_key(n))
+            .filter(|n| inner.unresolved(**n))
             .copied()
             .collect()
     }
 
-    /// True when every acked event was handled at least once.
+    /// True when every acked event was handled at least once (or, for a culprit, handled or
+    /// dead-lettered).
     pub fn all_acked_handled(&self) -> bool {
         let inner = self.lock();
-        inner.acked.keys().all(|n| inner.handled.contains_key(n))
+        inner.acked.keys().all(|n| !inner.unresolved(*n))
     }
 
     /// The verdict over everything acked.
@@ -152,16 +201,18 @@ impl Checker {
             .filter(|n| !inner.acked.contains_key(n))
             .copied()
             .collect();
+        let innocent_dead_letters = inner.innocent_dead_letters();
         let lost = inner
             .acked
             .keys()
-            .filter(|n| !inner.handled.contains_key(n) && !excused.contains(n))
+            .filter(|n| inner.unresolved(**n) && !excused.contains(n))
+            .chain(innocent_dead_letters.iter())
             .copied()
             .collect();
         let excused_missing = inner
             .acked
             .keys()
-            .filter(|n| !inner.handled.contains_key(n) && excused.contains(n))
+            .filter(|n| inner.unresolved(**n) && excused.contains(n))
             .count();
         let unexpected = inner
             .handled
@@ -180,6 +231,8 @@ impl Checker {
             unexpected,
             duplicates: handled_total - inner.handled.len() as u64,
             excused: excused_missing,
+            dead_letters: inner.dead_lettered.values().sum(),
+            innocent_dead_letters,
             extra: Vec::new(),
         }
     }
@@ -198,7 +251,7 @@ pub struct Verdict {
     pub handled_unique: usize,
     /// Completed handler runs.
     pub handled_total: u64,
-    /// Acked, never handled (and not excused).
+    /// Acked, never handled (and not excused), plus every innocent dead letter.
     pub lost: BTreeSet<u64>,
     /// Handled, never published.
     pub unexpected: BTreeSet<u64>,
@@ -206,6 +259,11 @@ pub struct Verdict {
     pub duplicates: u64,
     /// Acked events missing but excused (a documented loss window).
     pub excused: usize,
+    /// Dead letters written (culprits' and innocent ones).
+    pub dead_letters: u64,
+    /// Events dead-lettered without being a culprit: dead-lettered for failures not their own
+    /// (also counted in `lost`).
+    pub innocent_dead_letters: BTreeSet<u64>,
     /// Scenario-specific measurements printed after the counts.
     pub extra: Vec<(String, String)>,
 }
@@ -219,15 +277,18 @@ impl Verdict {
     }
 
     /// The one-line summary, e.g.
-    /// `chaos scenario=redis-restart published=2000 uncertain=0 handled_unique=2000 lost=0 unexpected=0 duplicates=3`.
+    /// `chaos scenario=redis-restart published=2000 uncertain=0 handled_unique=2000 lost=0
+    /// innocent_dead_letters=0 dead_letters=0 unexpected=0 duplicates=3`.
     pub fn line(&self) -> String {
         let mut line = format!(
-            "chaos scenario={} published={} uncertain={} handled_unique={} lost={} unexpected={} duplicates={}",
+            "chaos scenario={} published={} uncertain={} handled_unique={} lost={} innocent_dead_letters={} dead_letters={} unexpected={} duplicates={}",
             self.scenario,
             self.published_acked,
             self.published_uncertain,
             self.handled_unique,
             self.lost.len(),
+            self.innocent_dead_letters.len(),
+            self.dead_letters,
             self.unexpected.len(),
             self.duplicates
         );
@@ -245,13 +306,20 @@ impl Verdict {
         println!("{}", self.line());
     }
 
-    /// Asserts lost = ∅, unexpected = ∅ and duplicates ≤ `max_duplicates`.
+    /// Asserts no innocent dead letter, lost = ∅, unexpected = ∅ and duplicates ≤
+    /// `max_duplicates`.
     ///
     /// # Panics
     ///
     /// When one of them does not hold; the message has the line and the first offending ids.
     pub fn assert_ok(&self, max_duplicates: u64) {
         let first = |s: &BTreeSet<u64>| s.iter().take(20).copied().collect::<Vec<_>>();
+        assert!(
+            self.innocent_dead_letters.is_empty(),
+            "{}: dead-lettered without a failure of their own (first 20): {:?}",
+            self.line(),
+            first(&self.innocent_dead_letters)
+        );
         assert!(
             self.lost.is_empty(),
             "{}: acked but never handled (first 20): {:?}",
@@ -300,6 +368,120 @@ pub async fn handled_from_list(
                 n.parse().expect("record item starts with n"),
                 who.to_owned(),
             )
+        })
+        .collect()
+}
+
+/// The list in the recording server where consumer processes record every run they start.
+pub fn started_key(namespace: &str) -> String {
+    format!("{namespace}:started")
+}
+
+/// The list in the recording server where a consumer process records a job that aborts it,
+/// right before the abort.
+pub fn crash_key(namespace: &str) -> String {
+    format!("{namespace}:crashes")
+}
+
+/// One handler run a consumer process started: an item `"<n>:<attempt>:<pid>:<consumer>"` of
+/// [`started_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// The job.
+    pub n: u64,
+    /// `ctx.attempt()` of the run.
+    pub attempt: u32,
+    /// The process (one life of a consumer name).
+    pub pid: u32,
+    /// The consumer name.
+    pub consumer: String,
+}
+
+/// One job that aborted its consumer process: an item
+/// `"<n>:<attempt>:<others>:<pid>:<consumer>"` of [`crash_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crash {
+    /// The job.
+    pub n: u64,
+    /// `ctx.attempt()` of the run that crashed.
+    pub attempt: u32,
+    /// Other runs of the handler in flight in that process when it aborted (0: it ran alone).
+    pub others: usize,
+    /// The process that aborted.
+    pub pid: u32,
+    /// The consumer name.
+    pub consumer: String,
+}
+
+async fn lrange(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("LRANGE {key}: {e}"))
+}
+
+/// `n` leading `:`-separated numbers of `item`, and the rest (a consumer name may hold `:`).
+fn split_record(item: &str, n: usize) -> (Vec<u64>, String) {
+    let parts: Vec<&str> = item.splitn(n + 1, ':').collect();
+    assert_eq!(parts.len(), n + 1, "malformed record item {item:?}");
+    let numbers = parts[..n]
+        .iter()
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|e| panic!("record item {item:?}: {p:?} is not a number: {e}"))
+        })
+        .collect();
+    (numbers, parts[n].to_owned())
+}
+
+/// The runs recorded in `key` (see [`started_key`]), in record order.
+///
+/// # Panics
+///
+/// When Redis fails or an item is malformed.
+pub async fn starts_from_list(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Vec<Start> {
+    lrange(conn, key)
+        .await
+        .iter()
+        .map(|item| {
+            let (v, consumer) = split_record(item, 3);
+            Start {
+                n: v[0],
+                attempt: u32::try_from(v[1]).expect("attempt fits u32"),
+                pid: u32::try_from(v[2]).expect("pid fits u32"),
+                consumer,
+            }
+        })
+        .collect()
+}
+
+/// The crashes recorded in `key` (see [`crash_key`]), in record order.
+///
+/// # Panics
+///
+/// When Redis fails or an item is malformed.
+pub async fn crashes_from_list(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Vec<Crash> {
+    lrange(conn, key)
+        .await
+        .iter()
+        .map(|item| {
+            let (v, consumer) = split_record(item, 4);
+            Crash {
+                n: v[0],
+                attempt: u32::try_from(v[1]).expect("attempt fits u32"),
+                others: usize::try_from(v[2]).expect("count fits usize"),
+                pid: u32::try_from(v[3]).expect("pid fits u32"),
+                consumer,
+            }
         })
         .collect()
 }
@@ -509,6 +691,32 @@ pub async fn consumer_pending(
     }
 }
 
+/// The ids of the pending entries of a group (`XPENDING <stream> <group> - + N [consumer]`), of
+/// one consumer when `consumer` is given; empty when the stream or group does not exist.
+///
+/// # Panics
+///
+/// When Redis fails.
+pub async fn pending_ids(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    consumer: Option<&str>,
+) -> BTreeSet<String> {
+    let mut cmd = redis::cmd("XPENDING");
+    cmd.arg(stream).arg(group).arg("-").arg("+").arg(1_000_000);
+    if let Some(consumer) = consumer {
+        cmd.arg(consumer);
+    }
+    let reply: redis::RedisResult<redis::streams::StreamPendingCountReply> =
+        cmd.query_async(conn).await;
+    match reply {
+        Ok(r) => r.ids.into_iter().map(|p| p.id).collect(),
+        Err(e) if e.code() == Some("NOGROUP") => BTreeSet::new(),
+        Err(e) => panic!("XPENDING {stream} {group} - + N {consumer:?}: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,6 +754,50 @@ mod tests {
         assert!(v.lost.is_empty() && v.unexpected.is_empty());
         assert_eq!(v.duplicates, 2);
         v.assert_ok(2);
+    }
+
+    #[test]
+    fn dead_letters_count_as_lost_unless_the_event_is_a_culprit() {
+        let c = Checker::new();
+        for n in 0..4 {
+            c.published(n);
+        }
+        c.culprit(3);
+        c.set_handled([0, 1, 2]);
+        assert!(!c.all_acked_handled(), "the culprit is not dead-lettered yet");
+        assert_eq!(c.missing(), BTreeSet::from([3]));
+        c.set_dead_lettered([3, 1]);
+        assert!(c.all_acked_handled(), "a dead-lettered culprit is accounted for");
+        assert_eq!(c.innocent_dead_letters(), BTreeSet::from([1]));
+        let v = c.verdict("unit");
+        assert_eq!(v.lost, BTreeSet::from([1]), "handled, but also dead-lettered");
+        assert_eq!(v.innocent_dead_letters, BTreeSet::from([1]));
+        assert_eq!(v.dead_letters, 2);
+        assert!(
+            v.line().contains(" lost=1 innocent_dead_letters=1 dead_letters=2 "),
+            "{}",
+            v.line()
+        );
+        c.set_dead_lettered([3]);
+        c.verdict("unit").assert_ok(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "dead-lettered without a failure of their own")]
+    fn assert_ok_fails_on_an_innocent_dead_letter() {
+        let c = Checker::new();
+        c.published(1);
+        c.handled(1);
+        c.set_dead_lettered([1]);
+        c.verdict("unit").assert_ok(u64::MAX);
+    }
+
+    #[test]
+    fn record_items_split_into_numbers_and_a_consumer_name() {
+        assert_eq!(
+            split_record("7:2:4242:c:1", 3),
+            (vec![7, 2, 4242], "c:1".to_owned())
+        );
     }
 
     #[test]

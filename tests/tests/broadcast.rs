@@ -236,6 +236,23 @@ async fn orders(ev: OrderPlaced, ctx: Context, orders: State<Orders>) -> anyhow:
     Ok(())
 }
 
+/// A broadcast event whose size the test chooses (`pad`), for the byte bound of the queues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+#[event(name = "bc.blob", broadcast)]
+struct Blob {
+    n: u64,
+    pad: String,
+}
+
+/// One run at a time, held by the gate: everything else waits in the queue.
+#[event_handler(name = "bc.blob_gated", concurrency = 1)]
+async fn blob_gated(ev: Blob, gate: State<Gate>) -> anyhow::Result<()> {
+    gate.entered.lock().expect("lock").push(ev.n);
+    let _permit = gate.open.acquire().await?;
+    gate.finished.lock().expect("lock").push(ev.n);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn builder(server: &RedisServer, ns: &str) -> eventbus::BusBuilder {
@@ -1269,4 +1286,239 @@ async fn frozen_redis_is_detected_by_the_ping_and_shutdown_does_not_hang() {
         .expect("shutdown returns while Redis is frozen")
         .expect("shutdown");
     eprintln!("shutdown with a frozen Redis took {:?}", started.elapsed());
+}
+
+/// A raw message on the `bc.blob` channel: a well-formed envelope of about `pad` bytes more.
+fn raw_blob(id: &str, n: u64, pad: usize) -> String {
+    json!({
+        "specversion": "1.0", "id": id, "type": "bc.blob", "source": "/raw",
+        "data": {"n": n, "pad": "x".repeat(pad)}
+    })
+    .to_string()
+}
+
+async fn raw_publish(conn: &mut MultiplexedConnection, channel: &str, payload: &str) {
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async(conn)
+        .await
+        .expect("raw PUBLISH");
+    assert_eq!(receivers, 1, "the bus is subscribed");
+}
+
+/// Test 8: an oversized message is dead-lettered as it is received, while the handler is busy:
+/// it never waits in (or is copied into) the handler's queue, and evicts nothing from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_dead_lettered_on_receipt_not_queued() {
+    init_tracing();
+    const MAX_PAYLOAD: usize = 4096;
+    let server = RedisServer::start();
+    let ns = namespace("bc-oversized");
+    let gate = Gate::default();
+    let bus = builder(&server, &ns)
+        .handlers(["bc.blob_gated"])
+        .state(gate.clone())
+        .max_payload(MAX_PAYLOAD)
+        .broadcast_queue_bytes(MAX_PAYLOAD)
+        .build()
+        .await
+        .expect("build");
+    let running = bus.start().await.expect("start");
+    let mut conn = server.conn().await;
+    let chan = channel(&ns, Blob::NAME);
+
+    bus.publish(&Blob {
+        n: 0,
+        pad: String::new(),
+    })
+    .await
+    .expect("publish");
+    wait_until(Duration::from_secs(10), "the only run slot is busy", || {
+        let gate = gate.clone();
+        async move { gate.entered() == [0] }
+    })
+    .await;
+    // One small event waits in the queue; three oversized ones, each larger than the queue's
+    // whole byte bound, arrive behind it.
+    bus.publish(&Blob {
+        n: 1,
+        pad: String::new(),
+    })
+    .await
+    .expect("publish");
+    for i in 0..3 {
+        raw_publish(
+            &mut conn,
+            &chan,
+            &raw_blob(&format!("big-{i}"), 100 + i, 20_000),
+        )
+        .await;
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "three dead letters while the handler is still blocked",
+        || {
+            let h = health(&running, "bc.blob_gated");
+            async move { h.dead_lettered >= 3 }
+        },
+    )
+    .await;
+    assert_eq!(gate.entered(), [0], "the handler is still blocked");
+    let h = health(&running, "bc.blob_gated");
+    assert_eq!(
+        h.dropped, 0,
+        "oversized messages neither queue nor evict: {h:?}"
+    );
+    assert_eq!(h.dead_lettered, 3, "{h:?}");
+
+    gate.release();
+    wait_until(
+        Duration::from_secs(10),
+        "the small events are handled",
+        || {
+            let h = health(&running, "bc.blob_gated");
+            async move { h.handled >= 2 }
+        },
+    )
+    .await;
+    running.shutdown().await.expect("shutdown");
+    assert_eq!(
+        gate.finished(),
+        [0, 1],
+        "the queued event survived; no oversized one ran"
+    );
+
+    let letters = bus.dlq().list(100).await.expect("list");
+    assert_eq!(letters.len(), 3, "{letters:#?}");
+    for l in &letters {
+        assert_eq!(l.handler, "bc.blob_gated");
+        assert_eq!(l.attempts, 0, "rejected before any attempt: {l:?}");
+        assert!(
+            l.error.contains("more than the maximum payload of 4096"),
+            "{}",
+            l.error
+        );
+    }
+    let raw = raw_dead_letters(&mut conn, &dlq_key(&ns, Blob::NAME)).await;
+    for letter in &raw {
+        assert!(
+            letter["envelope"].len() <= 4096,
+            "the envelope is cut to 4 KiB"
+        );
+        assert!(
+            letter["envelope"].contains("\"n\":10"),
+            "the envelope's start is kept"
+        );
+        assert_eq!(letter["delivery"], "broadcast");
+    }
+}
+
+/// Publishes 1 KiB events behind a blocked run until `QUEUE_BYTES` is exceeded many times over;
+/// an oversized sentinel, dead-lettered as it is received, shows that all were received. Returns
+/// the events handled once the gate opens, and the drop count.
+async fn byte_bounded_queue(overflow: Overflow) -> (Vec<u64>, u64) {
+    const MAX_PAYLOAD: usize = 4096;
+    const QUEUE_BYTES: usize = 8192;
+    const PAD: usize = 1000;
+    const N: u64 = 20;
+    let server = RedisServer::start();
+    let ns = namespace("bc-queue-bytes");
+    let gate = Gate::default();
+    let bus = builder(&server, &ns)
+        .handlers(["bc.blob_gated"])
+        .state(gate.clone())
+        .max_payload(MAX_PAYLOAD)
+        .broadcast_queue(1_000) // the count bound is far away: only bytes bind
+        .broadcast_queue_bytes(QUEUE_BYTES)
+        .broadcast_overflow(overflow)
+        .build()
+        .await
+        .expect("build");
+    let running = bus.start().await.expect("start");
+    let mut conn = server.conn().await;
+    bus.publish(&Blob {
+        n: 0,
+        pad: String::new(),
+    })
+    .await
+    .expect("publish");
+    wait_until(Duration::from_secs(10), "the only run slot is busy", || {
+        let gate = gate.clone();
+        async move { gate.entered() == [0] }
+    })
+    .await;
+    for n in 1..=N {
+        bus.publish(&Blob {
+            n,
+            pad: "x".repeat(PAD),
+        })
+        .await
+        .expect("publish");
+    }
+    raw_publish(
+        &mut conn,
+        &channel(&ns, Blob::NAME),
+        &raw_blob("sentinel", 999, 2 * MAX_PAYLOAD),
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "the sentinel is dead-lettered",
+        || {
+            let h = health(&running, "bc.blob_gated");
+            async move { h.dead_lettered >= 1 }
+        },
+    )
+    .await;
+    let dropped = health(&running, "bc.blob_gated").dropped;
+    gate.release();
+    let queued = N - dropped;
+    wait_until(
+        Duration::from_secs(10),
+        "the queued events are handled",
+        || {
+            let h = health(&running, "bc.blob_gated");
+            async move { h.handled > queued }
+        },
+    )
+    .await;
+    running.shutdown().await.expect("shutdown");
+    let finished = gate.finished();
+    assert_eq!(finished.len() as u64, 1 + queued, "{finished:?}");
+    // Each queued envelope carries more than PAD bytes, and less than twice that.
+    let queued = queued as usize;
+    assert!(
+        queued * PAD <= QUEUE_BYTES && queued >= QUEUE_BYTES / (2 * PAD),
+        "{queued} events of about {PAD} bytes fit {QUEUE_BYTES} bytes"
+    );
+    eprintln!(
+        "byte-bounded queue ({overflow:?}): {QUEUE_BYTES} bytes held {queued} events of ~{PAD} bytes; {dropped} of {N} dropped"
+    );
+    (finished, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_bound_with_drop_oldest_keeps_the_newest_events_that_fit() {
+    init_tracing();
+    let (finished, dropped) = byte_bounded_queue(Overflow::DropOldest).await;
+    let kept = 20 - dropped;
+    let mut expected = vec![0];
+    expected.extend(21 - kept..=20);
+    assert_eq!(
+        finished, expected,
+        "the newest {kept} events, after the one in flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_bound_with_drop_newest_keeps_the_first_events_that_fit() {
+    init_tracing();
+    let (finished, dropped) = byte_bounded_queue(Overflow::DropNewest).await;
+    let kept = 20 - dropped;
+    let expected: Vec<u64> = (0..=kept).collect();
+    assert_eq!(
+        finished, expected,
+        "the first {kept} events, after the one in flight"
+    );
 }

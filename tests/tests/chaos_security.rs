@@ -238,7 +238,6 @@ const SERVICE_RULES: &[&str] = &[
     "+xdel",
     "+xlen",
     "+hincrby",
-    "+hget",
     "+hmget",
     "+hdel",
     "+evalsha",
@@ -296,8 +295,8 @@ async fn a_namespace_limited_acl_user_runs_a_whole_service() {
     let stream = stream_key(&ns, Note::NAME);
     service_user(&mut admin, "svc", &ns).await;
     acl::reset_log(&mut admin).await;
-    // A consumer that died holding note 6: the service claims it (and, with `retries = 0`,
-    // dead-letters it: its one delivery was used up by the crash).
+    // A consumer that died holding note 6: the service claims it and, since a crash charges
+    // nothing to an event that did not cause it, handles it (as a suspect, alone).
     let stranded = serde_json::json!({
         "specversion": "1.0", "id": "stranded", "type": Note::NAME, "source": "/test",
         "data": {"n": 6, "fail": false, "sleep_ms": 0}
@@ -356,7 +355,7 @@ async fn a_namespace_limited_acl_user_runs_a_whole_service() {
         let bus = bus.clone();
         let notes = notes.clone();
         async move {
-            notes.handled().len() == 2 && bus.dlq().list(10).await.expect("list").len() == 4
+            notes.handled().len() == 3 && bus.dlq().list(10).await.expect("list").len() == 3
         }
     })
     .await;
@@ -368,12 +367,10 @@ async fn a_namespace_limited_acl_user_runs_a_whole_service() {
             .unwrap_or_else(|| panic!("no dead letter for note {n}: {letters:#?}"))
     };
     assert!(
-        letter(6).error.contains("delivered 2 times"),
-        "{}",
-        letter(6).error
+        letters.iter().all(|l| l.envelope["data"]["n"] != 6),
+        "the claimed note was handled, not dead-lettered: {letters:#?}"
     );
     notes.fixed.store(true, Ordering::SeqCst);
-    bus.dlq().replay(&letter(6).id).await.expect("replay");
     bus.dlq().replay(&letter(3).id).await.expect("replay");
     bus.dlq().remove(&letter(4).id).await.expect("remove");
     wait_until(
@@ -398,7 +395,7 @@ async fn a_namespace_limited_acl_user_runs_a_whole_service() {
     handled.sort_unstable();
     assert_eq!(handled, [1, 2, 3, 6]);
     assert_eq!(pending_count(&mut admin, &stream, HANDLER).await, 0);
-    for command in ["xclaim", "xautoclaim", "xpending", "multi", "scan", "del"] {
+    for command in ["xclaim", "xautoclaim", "xpending", "evalsha", "scan", "del"] {
         assert!(
             acl::command_calls(&mut admin, command).await > 0,
             "the run used {command}"

@@ -133,7 +133,7 @@ async fn invalid_configuration_values_fail_the_build_naming_the_setting() {
     init_tracing();
     let server = RedisServer::start();
     type Setup = fn(&mut eventbus::BusBuilder);
-    let cases: [(&str, Setup, &[&str]); 9] = [
+    let cases: [(&str, Setup, &[&str]); 17] = [
         (
             "namespace with a space",
             |b| {
@@ -147,6 +147,76 @@ async fn invalid_configuration_values_fail_the_build_naming_the_setting() {
                 b.namespace("a{b}");
             },
             &["EVENTBUS_NAMESPACE", "braces"],
+        ),
+        (
+            "namespace with a backslash (a SCAN MATCH escape)",
+            |b| {
+                b.namespace(r"orders\staging");
+            },
+            &["EVENTBUS_NAMESPACE", r"'\\'", "glob characters"],
+        ),
+        (
+            "namespace with a glob star",
+            |b| {
+                b.namespace("orders*");
+            },
+            &["EVENTBUS_NAMESPACE", "'*'", "glob characters"],
+        ),
+        (
+            "service with a question mark",
+            |b| {
+                b.service("billing?");
+            },
+            &["EVENTBUS_SERVICE", "'?'"],
+        ),
+        (
+            "consumer with a bracket",
+            |b| {
+                b.consumer("billing-[0]");
+            },
+            &["EVENTBUS_CONSUMER", "'['"],
+        ),
+        (
+            "visibility timeout below the floor",
+            |b| {
+                b.visibility_timeout(Duration::from_micros(500));
+            },
+            &[
+                "EVENTBUS_VISIBILITY_TIMEOUT",
+                "500us",
+                "at least 100ms",
+                "\"30s\"",
+            ],
+        ),
+        (
+            "claim interval of a nanosecond",
+            |b| {
+                b.claim_interval(Duration::from_nanos(1));
+            },
+            &[
+                "EVENTBUS_CLAIM_INTERVAL",
+                "1ns",
+                "at least 10ms",
+                "busy loop",
+            ],
+        ),
+        (
+            "block time below the floor",
+            |b| {
+                b.block_time(Duration::from_millis(5));
+            },
+            &["EVENTBUS_BLOCK_TIME", "5ms", "at least 10ms"],
+        ),
+        (
+            "broadcast queue smaller than one payload",
+            |b| {
+                b.max_payload(64 * 1024).broadcast_queue_bytes(32 * 1024);
+            },
+            &[
+                "EVENTBUS_BROADCAST_QUEUE_BYTES",
+                "32768",
+                "EVENTBUS_MAX_PAYLOAD = 65536",
+            ],
         ),
         (
             "empty consumer",

@@ -1,5 +1,5 @@
 //! `#[event_handler(name = "...", retries = N, backoff = "100ms", max_backoff = "10s",
-//! concurrency = N, crate = "path")]`, parsed with `syn::meta::parser`.
+//! timeout = "30s", concurrency = N, crate = "path")]`, parsed with `syn::meta::parser`.
 
 use std::time::Duration;
 
@@ -8,10 +8,18 @@ use syn::{LitInt, LitStr};
 
 use crate::attr::{Attr, parse_crate, unknown};
 use crate::ctxt::Ctxt;
-use crate::symbol::{BACKOFF, CONCURRENCY, CRATE, MAX_BACKOFF, NAME, RETRIES, Symbol};
+use crate::symbol::{BACKOFF, CONCURRENCY, CRATE, MAX_BACKOFF, NAME, RETRIES, Symbol, TIMEOUT};
 
 const KIND: &str = "`event_handler` argument";
-const KEYS: &[Symbol] = &[NAME, RETRIES, BACKOFF, MAX_BACKOFF, CONCURRENCY, CRATE];
+const KEYS: &[Symbol] = &[
+    NAME,
+    RETRIES,
+    BACKOFF,
+    MAX_BACKOFF,
+    TIMEOUT,
+    CONCURRENCY,
+    CRATE,
+];
 
 /// A duration option, kept with its literal for later cross-checks.
 pub(crate) struct DurationArg {
@@ -32,6 +40,8 @@ pub(crate) struct Args<'c> {
     pub(crate) backoff: Attr<'c, DurationArg>,
     /// `max_backoff = "..."`.
     pub(crate) max_backoff: Attr<'c, DurationArg>,
+    /// `timeout = "..."`.
+    pub(crate) timeout: Attr<'c, DurationArg>,
     /// `concurrency = N`.
     pub(crate) concurrency: Attr<'c, u32>,
     /// `crate = "path"`.
@@ -47,6 +57,7 @@ impl<'c> Args<'c> {
             retries: Attr::none(cx, KIND, RETRIES),
             backoff: Attr::none(cx, KIND, BACKOFF),
             max_backoff: Attr::none(cx, KIND, MAX_BACKOFF),
+            timeout: Attr::none(cx, KIND, TIMEOUT),
             concurrency: Attr::none(cx, KIND, CONCURRENCY),
             krate: Attr::none(cx, KIND, CRATE),
         }
@@ -67,14 +78,8 @@ impl<'c> Args<'c> {
         let cx = self.cx;
         if meta.path == NAME {
             let lit: LitStr = meta.value()?.parse()?;
-            let name = lit.value();
-            if name.is_empty() {
-                cx.error_spanned_by(&lit, "handler name cannot be empty");
-            } else if name.chars().any(char::is_whitespace) {
-                cx.error_spanned_by(
-                    &lit,
-                    format_args!("handler name {name:?} cannot contain whitespace"),
-                );
+            if let Err(msg) = validate_name(&lit.value()) {
+                cx.error_spanned_by(&lit, msg);
             }
             self.name.set(&meta.path, lit);
         } else if meta.path == RETRIES {
@@ -92,22 +97,17 @@ impl<'c> Args<'c> {
                 Some(n) => self.concurrency.set(&meta.path, n),
                 None => {}
             }
-        } else if meta.path == BACKOFF || meta.path == MAX_BACKOFF {
-            let key = if meta.path == BACKOFF {
-                BACKOFF
+        } else if meta.path == BACKOFF || meta.path == MAX_BACKOFF || meta.path == TIMEOUT {
+            let (key, slot) = if meta.path == BACKOFF {
+                (BACKOFF, &mut self.backoff)
+            } else if meta.path == MAX_BACKOFF {
+                (MAX_BACKOFF, &mut self.max_backoff)
             } else {
-                MAX_BACKOFF
+                (TIMEOUT, &mut self.timeout)
             };
             let lit: LitStr = meta.value()?.parse()?;
             match parse_duration(&lit.value()) {
-                Ok(millis) => {
-                    let slot = if key == BACKOFF {
-                        &mut self.backoff
-                    } else {
-                        &mut self.max_backoff
-                    };
-                    slot.set(&meta.path, DurationArg { millis, lit });
-                }
+                Ok(millis) => slot.set(&meta.path, DurationArg { millis, lit }),
                 Err(msg) => cx.error_spanned_by(&lit, format_args!("invalid `{key}`: {msg}")),
             }
         } else if meta.path == CRATE {
@@ -130,6 +130,30 @@ fn parse_u32(cx: &Ctxt, lit: &LitInt, key: Symbol) -> Option<u32> {
             None
         }
     }
+}
+
+/// A handler name names a consumer group and appears in dead letters and key patterns: 1 to 200
+/// characters without whitespace, control characters, braces or glob characters (`*`, `?`, `[`,
+/// `]`, `\`). The bus checks the same rule at start-up.
+fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("handler name cannot be empty".to_owned());
+    }
+    if name.len() > 200 {
+        return Err(format!(
+            "handler name is {} bytes long; use at most 200",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name.chars().find(|&c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '*' | '?' | '[' | ']' | '\\')
+    }) {
+        return Err(format!(
+            "handler name {name:?} contains {bad:?}; use no whitespace, control characters, \
+             braces or glob characters (`*`, `?`, `[`, `]`, `\\`), e.g. \"billing.charge\""
+        ));
+    }
+    Ok(())
 }
 
 const DURATION_HELP: &str = "write a duration such as \"100ms\", \"2s\" or \"1m\"";
@@ -203,6 +227,7 @@ mod tests {
             retries = 5,
             backoff = "100ms",
             max_backoff = "10s",
+            timeout = "30s",
             concurrency = 8,
             crate = "::my_bus"
         ));
@@ -211,6 +236,7 @@ mod tests {
             retries,
             backoff,
             max_backoff,
+            timeout,
             concurrency,
             krate,
             ..
@@ -222,6 +248,7 @@ mod tests {
         assert_eq!(retries.get(), Some(5));
         assert_eq!(backoff.get().map(|d| d.millis), Some(100));
         assert_eq!(max_backoff.get().map(|d| d.millis), Some(10_000));
+        assert_eq!(timeout.get().map(|d| d.millis), Some(30_000));
         assert_eq!(concurrency.get(), Some(8));
         assert!(krate.get().is_some());
         cx.check().expect("valid");
@@ -249,7 +276,7 @@ mod tests {
             errors(quote!(foo = 1)),
             [
                 "unknown `event_handler` argument `foo`; expected one of: `name`, `retries`, \
-              `backoff`, `max_backoff`, `concurrency`, `crate`"
+              `backoff`, `max_backoff`, `timeout`, `concurrency`, `crate`"
             ]
         );
     }
@@ -261,10 +288,14 @@ mod tests {
             retries = -1,
             backoff = "soon",
             concurrency = 0,
-            max_backoff = "0ms"
+            max_backoff = "0ms",
+            timeout = "0s"
         ));
-        assert_eq!(msgs.len(), 5, "{msgs:?}");
-        assert_eq!(msgs[0], "handler name \"a b\" cannot contain whitespace");
+        assert_eq!(msgs.len(), 6, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("handler name \"a b\" contains ' '; use no whitespace"),
+            "{msgs:?}"
+        );
         assert!(
             msgs[1].starts_with("`retries` must fit in a `u32`"),
             "{msgs:?}"
@@ -281,6 +312,28 @@ mod tests {
             msgs[4].starts_with("invalid `max_backoff`: \"0ms\" is zero"),
             "{msgs:?}"
         );
+        assert!(
+            msgs[5].starts_with("invalid `timeout`: \"0s\" is zero"),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn handler_names_refuse_glob_characters_and_braces() {
+        assert_eq!(validate_name("my_app::billing.charge-2^x"), Ok(()));
+        for (bad, ch) in [
+            ("a*", "'*'"),
+            ("a?", "'?'"),
+            ("a[b", "'['"),
+            ("a]b", "']'"),
+            ("a\\b", "'\\\\'"),
+            ("a{b}", "'{'"),
+            ("a\tb", "'\\t'"),
+        ] {
+            let msg = validate_name(bad).expect_err("invalid");
+            assert!(msg.contains(&format!("contains {ch};")), "{bad:?}: {msg}");
+        }
+        assert!(validate_name(&"x".repeat(201)).is_err());
     }
 
     #[test]

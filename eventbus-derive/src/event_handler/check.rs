@@ -22,6 +22,8 @@ pub(crate) struct Options {
     pub(crate) backoff_ms: Option<u64>,
     /// `max_backoff`, in milliseconds.
     pub(crate) max_backoff_ms: Option<u64>,
+    /// `timeout`, in milliseconds.
+    pub(crate) timeout_ms: Option<u64>,
     /// `concurrency = N`.
     pub(crate) concurrency: Option<u32>,
     /// Paths into the runtime crate (`crate = "..."`).
@@ -35,6 +37,7 @@ pub(crate) fn options(cx: &Ctxt, args: Args<'_>) -> Options {
         retries,
         backoff,
         max_backoff,
+        timeout,
         concurrency,
         krate,
         ..
@@ -58,6 +61,7 @@ pub(crate) fn options(cx: &Ctxt, args: Args<'_>) -> Options {
         retries: retries.get(),
         backoff_ms: backoff.map(|d| d.millis),
         max_backoff_ms: max_backoff.map(|d| d.millis),
+        timeout_ms: timeout.get().map(|d| d.millis),
         concurrency: concurrency.get(),
         paths: Paths::new(krate.get()),
     }

@@ -159,6 +159,9 @@ fn handler_options(options: &Options, private: &TokenStream) -> TokenStream {
     if let Some(ms) = options.max_backoff_ms {
         tokens.extend(quote!(.max_backoff_ms(#ms)));
     }
+    if let Some(ms) = options.timeout_ms {
+        tokens.extend(quote!(.timeout_ms(#ms)));
+    }
     if let Some(n) = options.concurrency {
         tokens.extend(quote!(.concurrency(#n)));
     }

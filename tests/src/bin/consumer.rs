@@ -1,11 +1,19 @@
 //! A consumer process for fault tests: runs the `consumer.job` handler from the environment
-//! (`Bus::from_env`), records every handled job as `<n>:<consumer>` in the Redis list
-//! `<namespace>:handled`, prints `ready` once started, and drains on SIGTERM. A job with
-//! `crash: true` aborts the process.
+//! (`Bus::from_env`; its retry limit comes from `EVENTBUS_RETRIES`, default 3), prints `ready`
+//! once started, and drains on SIGTERM. A job with `crash: true` aborts the process.
 //!
-//! The record goes to `RECORD_URL` when set (a separate `redis-server` that fault tests leave
+//! It records, in Redis lists (see `eventbus_tests::chaos`):
+//! - `<namespace>:handled`: `<n>:<consumer>` for every completed run;
+//! - `<namespace>:started`: `<n>:<attempt>:<pid>:<consumer>` for every run as it starts
+//!   (`attempt` is `ctx.attempt()`);
+//! - `<namespace>:crashes`: `<n>:<attempt>:<others>:<pid>:<consumer>` right before a
+//!   `crash: true` job aborts the process, `others` being the other runs of the handler in flight
+//!   in this process at that moment (0: it ran alone).
+//!
+//! The records go to `RECORD_URL` when set (a separate `redis-server` that fault tests leave
 //! alone), else to `REDIS_URL`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use eventbus::prelude::*;
@@ -23,22 +31,63 @@ struct Job {
 #[derive(Clone)]
 struct Recorder {
     conn: redis::aio::MultiplexedConnection,
-    key: String,
+    ns: String,
     consumer: String,
 }
 
-#[event_handler(name = "consumer.job", retries = 1, backoff = "10ms")]
-async fn job(ev: Job, rec: State<Recorder>) -> anyhow::Result<()> {
+/// Runs of `job` in flight in this process.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one run in [`IN_FLIGHT`] while it lives.
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[event_handler(name = "consumer.job", backoff = "10ms")]
+async fn job(ev: Job, ctx: Context, rec: State<Recorder>) -> anyhow::Result<()> {
+    let _running = Running::start();
+    let pid = std::process::id();
+    let mut conn = rec.conn.clone();
+    let _: i64 = conn
+        .rpush(
+            format!("{}:started", rec.ns),
+            format!("{}:{}:{pid}:{}", ev.n, ctx.attempt(), rec.consumer),
+        )
+        .await?;
     if ev.crash {
-        eprintln!("job {} crashes this consumer", ev.n);
+        let others = IN_FLIGHT.load(Ordering::SeqCst).saturating_sub(1);
+        let recorded: redis::RedisResult<i64> = conn
+            .rpush(
+                format!("{}:crashes", rec.ns),
+                format!("{}:{}:{others}:{pid}:{}", ev.n, ctx.attempt(), rec.consumer),
+            )
+            .await;
+        eprintln!(
+            "job {} crashes this consumer (attempt {}, {others} other runs in flight; record: {recorded:?})",
+            ev.n,
+            ctx.attempt()
+        );
         std::process::abort();
     }
     if ev.sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(ev.sleep_ms)).await;
     }
-    let mut conn = rec.conn.clone();
     let _: i64 = conn
-        .rpush(&rec.key, format!("{}:{}", ev.n, rec.consumer))
+        .rpush(
+            format!("{}:handled", rec.ns),
+            format!("{}:{}", ev.n, rec.consumer),
+        )
         .await?;
     Ok(())
 }
@@ -56,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| format!("consumer-{}", std::process::id()));
     let recorder = Recorder {
         conn,
-        key: format!("{ns}:handled"),
+        ns,
         consumer: consumer.clone(),
     };
     let bus = builder.consumer(consumer).state(recorder).build().await?;

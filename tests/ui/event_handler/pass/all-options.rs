@@ -26,6 +26,7 @@ impl std::fmt::Display for MyError {
     retries = 5,
     backoff = "100ms",
     max_backoff = "1m 30s",
+    timeout = "30s",
     concurrency = 8,
     crate = "::eventbus"
 )]
