@@ -20,7 +20,14 @@ pub(crate) struct TrimWatch {
     entries_added: u64,
     /// Whether the last check failed, so a failing check is logged once, not every cycle.
     failing: bool,
+    /// While checks fail (a denied `XINFO`, a missing stream), this many cycles are skipped
+    /// before the next try; doubles per failure up to [`MAX_SKIP`].
+    skip: u32,
+    backoff: u32,
 }
+
+/// The most claim cycles skipped between two failing trim checks.
+const MAX_SKIP: u32 = 32;
 
 /// The fields of `XINFO STREAM` the trim check needs (Redis 7.0+).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,14 +64,14 @@ pub(crate) fn lost_range(stream: &StreamInfo, group: &GroupInfo) -> Option<(u64,
     {
         return Some((0, 0));
     }
-    let read = group
-        .entries_read
-        .or_else(|| {
-            group
-                .lag
-                .map(|lag| stream.entries_added.saturating_sub(lag))
-        })
-        .or((group.last_delivered == (0, 0)).then_some(0))?;
+    // A group that never read (created at `0`) has no read counter; Redis then estimates its lag
+    // from the stream's first entry, which counts entries removed before the group existed as
+    // read: they were never this group's to lose.
+    let read = group.entries_read.or_else(|| {
+        group
+            .lag
+            .map(|lag| stream.entries_added.saturating_sub(lag))
+    })?;
     let removed = stream.entries_added.saturating_sub(stream.length);
     if removed <= read {
         return Some((0, 0));
@@ -97,7 +104,8 @@ impl TrimWatch {
 ///
 /// Exact when Redis knows the group's read counter (`entries-read`, Redis 7.0+; true for a group
 /// that read at least once since the stream was created); when it knows only the lag, an
-/// estimate; when it knows neither, 0. A loss is seen if a check runs while the group is behind
+/// estimate; when it knows neither (a group that never read, on a stream with `XDEL`
+/// tombstones), 0. A loss is seen if a check runs while the group is behind
 /// the trimmed head of the stream (it always is until it reads past the gap).
 ///
 /// # Errors
@@ -151,7 +159,8 @@ pub(crate) async fn unread_trimmed<C: ConnectionLike + Send>(
 
 /// One trim check of a reader's claim cycle: adds what [`unread_trimmed`] found to the
 /// reader's `trimmed_unread` counter; logs a failing check once (at `warn` for a denied
-/// `XINFO`, else at `debug`) until it works again.
+/// `XINFO`, else at `debug`) until it works again, and backs off while it fails (skips 1, 2, 4,
+/// ... up to 32 cycles), so a revoked permission does not double the denials of a reader.
 pub(crate) async fn check_trimmed<C: ConnectionLike + Send>(
     conn: &mut C,
     stream: &str,
@@ -159,7 +168,18 @@ pub(crate) async fn check_trimmed<C: ConnectionLike + Send>(
     watch: &mut TrimWatch,
     stats: &Stats,
 ) {
-    match unread_trimmed(conn, stream, group, watch).await {
+    if watch.skip > 0 {
+        watch.skip -= 1;
+        return;
+    }
+    let result = unread_trimmed(conn, stream, group, watch).await;
+    if result.is_err() {
+        watch.backoff = (watch.backoff * 2).clamp(1, MAX_SKIP);
+        watch.skip = watch.backoff;
+    } else {
+        watch.backoff = 0;
+    }
+    match result {
         Ok(lost) => {
             watch.failing = false;
             if lost > 0 {
@@ -428,8 +448,9 @@ mod tests {
         );
         // Read counter unknown: from the lag.
         assert_eq!(lost_range(&s, &group((2, 0), None, Some(8))), Some((2, 7)));
-        // Never read anything: every removed entry.
-        assert_eq!(lost_range(&s, &group((0, 0), None, None)), Some((0, 7)));
+        // A new group on a trimmed stream: what was removed before it existed is not its loss.
+        assert_eq!(lost_range(&s, &group((0, 0), None, Some(3))), Some((0, 0)));
+        assert_eq!(lost_range(&s, &group((0, 0), None, None)), None);
         // Nothing known: cannot tell.
         assert_eq!(lost_range(&s, &group((2, 0), None, None)), None);
         // Empty stream: all removed, 2 read.

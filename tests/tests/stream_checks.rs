@@ -195,6 +195,68 @@ async fn entries_trimmed_before_a_lagging_handler_read_them_are_counted_and_warn
     running.shutdown().await.expect("shutdown");
 }
 
+/// A service stopped while behind (its running entry abandoned at shutdown, its prefetched ones
+/// handed back) and its stream trimmed past its group while it was down: the loss is counted
+/// when it starts again, exactly. (Its pending entries were trimmed too: that is
+/// `lost_entries`, not this count.)
+///
+/// The first trim check runs when the reader starts, beside its first reads (its own pending
+/// entries first, then new ones); it must see the group before the reader reads past the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_trimmed_while_a_service_was_down_are_counted_when_it_starts() {
+    eventbus_tests::init_tracing();
+    let server = server();
+    let mut admin = server.conn().await;
+    let ns = namespace("trimmed-down");
+    let stream = stream_key(&ns, TrimNote::NAME);
+    let notes = Notes::default();
+    let bus = builder(&server.url(), &ns, GATED, &notes)
+        .max_len(Some(20))
+        .drain_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("build");
+    let running = bus.start().await.expect("start");
+    for n in 0..10 {
+        bus.publish(&TrimNote { n }).await.expect("publish");
+    }
+    // The reader fills its window (1 running + 4 queued), then the service stops.
+    wait_until(Duration::from_secs(10), "the window filled", || {
+        let mut admin = admin.clone();
+        let stream = stream.clone();
+        async move { pending_count(&mut admin, &stream, GATED).await == 5 }
+    })
+    .await;
+    running.shutdown().await.expect("shutdown");
+    const PUBLISHED: u64 = 110;
+    for n in 10..PUBLISHED {
+        bus.publish(&TrimNote { n }).await.expect("publish");
+    }
+    let (added, length, read) = counters(&mut admin, &stream, GATED).await;
+    let lost = added - length - read;
+    println!("while down: {added} published, {length} left, {read} read: {lost} lost");
+    assert!(lost >= 80, "{lost}");
+    // Started again, the reader takes back its 5 pending entries first (a full window).
+    let running = bus.start().await.expect("start again");
+    wait_until(Duration::from_secs(10), "trimmed_unread counted", || {
+        let health = running.health();
+        async move { health.readers[0].trimmed_unread == lost }
+    })
+    .await;
+    notes.gate.send_replace(true);
+    wait_until(Duration::from_secs(10), "what is left handled", || {
+        let handled = notes.handled().len() as u64;
+        async move { handled == length }
+    })
+    .await;
+    assert_eq!(read + lost + length, PUBLISHED);
+    more_checks(&admin, 2).await;
+    let health = running.health();
+    running.shutdown().await.expect("shutdown");
+    println!("after the restart: {health:?}");
+    assert_eq!(health.readers[0].trimmed_unread, lost, "{health:?}");
+}
+
 /// A handler that keeps up with a capped stream loses nothing, also when entries it already read
 /// are deleted (`XDEL`) or trimmed: `trimmed_unread` stays 0 and nothing is warned.
 #[tokio::test(flavor = "current_thread")]
