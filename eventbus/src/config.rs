@@ -1040,9 +1040,12 @@ mod tests {
         }
     }
 
+    /// A setting's key, how to set it too low, and the floor the error names.
+    type FloorCase = (&'static str, fn(&mut BusBuilder), &'static str);
+
     #[test]
     fn durations_have_floors() {
-        let cases: [(&str, fn(&mut BusBuilder), &str); 6] = [
+        let cases: [FloorCase; 6] = [
             (
                 "EVENTBUS_VISIBILITY_TIMEOUT",
                 |b| {

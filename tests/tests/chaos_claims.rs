@@ -714,7 +714,15 @@ async fn restart_under_the_same_name_skips_its_own_deleted_pending_entries() {
         "noclaim",
         // Without `acl|dryrun` the start-up permission check is skipped (as on a managed Redis
         // that denies it), so the bus starts without XAUTOCLAIM.
-        &["on", ">pw", "~*", "&*", "+@all", "-xautoclaim", "-acl|dryrun"],
+        &[
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-xautoclaim",
+            "-acl|dryrun",
+        ],
     )
     .await;
 

@@ -315,7 +315,7 @@ async fn shutdown_starts_nothing_new_and_hands_prefetched_entries_back() {
         async move { first.started().len() == 1 }
     })
     .await;
-    let mut conn = server.conn().await;
+    let conn = server.conn().await;
     let stream = stream_key(&ns, Job::NAME);
     wait_until(Duration::from_secs(10), "a has prefetched all 10", || {
         let mut conn = conn.clone();
@@ -449,7 +449,7 @@ async fn revoked_xack_bounds_the_runs_and_everything_drains_after_the_grant() {
     assert!(running.health().readers[0].unacked as usize <= window);
 
     eventbus_tests::acl::add_rules(&mut admin, "svc", &["+xack"]).await;
-    let mut conn = server.conn().await;
+    let conn = server.conn().await;
     let stream = stream_key(&ns, Job::NAME);
     wait_until(
         Duration::from_secs(30),
