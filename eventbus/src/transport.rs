@@ -56,7 +56,10 @@ const REPLACE_SETTLE: Duration = Duration::from_secs(10);
 
 /// How often a command still waiting for its reply checks whether its connection was replaced
 /// meanwhile (it is then retried on the new one instead of waiting for a dead flow to time out).
-pub(crate) const REPLACED_CHECK: Duration = Duration::from_millis(500);
+/// Not shorter than [`PROBE_INTERVAL`]: the supervisor's next tick is then always due first, so
+/// the check's timer is never the runtime's earliest one, whose registration would wake the
+/// timer driver (a syscall per publish).
+pub(crate) const REPLACED_CHECK: Duration = PROBE_INTERVAL;
 
 /// TCP keepalive: the idle time before the first probe on every connection of the bus.
 pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);

@@ -499,3 +499,55 @@ fn connections_to(port: u16) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Dropping the last clone of a bus stops its connection supervisor and any replacement: no
+/// task keeps a connection open (or probes) after the bus is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_bus_stops_its_supervisor() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut admin = server.conn().await;
+    let clients = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .expect("CLIENT LIST");
+            list.lines().count()
+        }
+    };
+    let alone = clients(&mut admin).await;
+    let bus = Bus::builder()
+        .redis_url(server.url())
+        .namespace(namespace("drop"))
+        .handlers(Vec::<String>::new())
+        .build()
+        .await
+        .expect("publish-only bus");
+    bus.publish(&tick(1)).await.expect("publish");
+    // Let the supervisor probe at least once (HELLO), so its task is surely running.
+    wait_until(Duration::from_secs(10), "a probe ran", || {
+        let mut conn = admin.clone();
+        async move {
+            let stats: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO commandstats");
+            stats.contains("cmdstat_hello")
+        }
+    })
+    .await;
+    drop(bus);
+    wait_until(
+        Duration::from_secs(10),
+        "the bus's connections closed",
+        || {
+            let count = clients(&mut admin);
+            async move { count.await <= alone }
+        },
+    )
+    .await;
+}
