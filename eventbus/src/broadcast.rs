@@ -461,7 +461,10 @@ async fn work(
         };
         let lane = lane.clone();
         let mut conn = bus.conn.clone();
+        let alone = bus.alone.clone();
         tracker.spawn(async move {
+            // Shared with every other run of the process; a durable suspect runs alone.
+            let _shared = alone.read_owned().await;
             match lane.runner.run(&item, 1).await {
                 Outcome::Ack => Stats::add(&lane.runner.stats.handled, 1),
                 Outcome::DeadLetter(failure) => {

@@ -52,6 +52,10 @@ pub(crate) struct BusInner {
     pub(crate) handlers: Vec<&'static HandlerRegistration>,
     pub(crate) states: Arc<States>,
     pub(crate) publisher: Publisher,
+    /// Every handler run in this process holds it shared; a suspect (an entry redelivered
+    /// after a possible crash) holds it exclusively, so it runs alone in the process and a crash
+    /// during its run can only be its own.
+    pub(crate) alone: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Writes envelopes; shared by the bus and every handler's [`Context`](crate::Context).
@@ -331,6 +335,7 @@ impl Bus {
                 handlers,
                 states,
                 publisher,
+                alone: Arc::new(tokio::sync::RwLock::new(())),
             }),
         })
     }

@@ -561,14 +561,30 @@ impl Shared {
     /// counted), so another consumer takes them at its next check instead of waiting for the
     /// visibility timeout, and runs them without suspicion.
     async fn hand_back(&self) {
-        let ids: Vec<String> = match self.handback.lock() {
+        let all: Vec<String> = match self.handback.lock() {
             Ok(mut h) => std::mem::take(&mut *h),
             Err(_) => return,
         };
-        if ids.is_empty() {
+        if all.is_empty() {
             return;
         }
+        self.hand_back_owned(&all).await;
+        if let Ok(mut s) = self.inflight.lock() {
+            for id in &all {
+                s.remove(id);
+            }
+        }
+    }
+
+    /// The `XCLAIM` of [`hand_back`](Self::hand_back), for the ids still owned here.
+    async fn hand_back_owned(&self, ids: &[String]) {
         let mut conn = self.bus.conn.clone();
+        // Only what this consumer still owns: an entry another consumer claimed meanwhile (after
+        // a freeze) is theirs, maybe running.
+        let ids = match self.still_owned(ids).await {
+            Some(owned) if !owned.is_empty() => owned,
+            _ => return,
+        };
         let mut cmd = redis::cmd("XCLAIM");
         cmd.arg(&self.stream)
             .arg(self.handler.name)
@@ -601,11 +617,26 @@ impl Shared {
                 "cannot hand prefetched entries back; they stay pending and are claimed after the visibility timeout"
             ),
         }
-        if let Ok(mut s) = self.inflight.lock() {
-            for id in &ids {
-                s.remove(id);
-            }
-        }
+    }
+
+    /// Of `ids`, the ones still pending for this consumer; `None` when XPENDING failed.
+    async fn still_owned(&self, ids: &[String]) -> Option<Vec<String>> {
+        let min = ids.iter().min_by_key(|id| parse_id(id))?;
+        let max = ids.iter().max_by_key(|id| parse_id(id))?;
+        let mut conn = self.bus.conn.clone();
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&self.stream)
+            .arg(self.handler.name)
+            .arg(min)
+            .arg(max)
+            .arg(ids.len() + self.window_capacity())
+            .arg(&self.consumer);
+        let reply: redis::RedisResult<StreamPendingCountReply> = tokio::select! {
+            r = cmd.query_async(&mut conn) => r,
+            () = self.runner.abort.cancelled() => return None,
+        };
+        let owned: HashSet<String> = reply.ok()?.ids.into_iter().map(|p| p.id).collect();
+        Some(ids.iter().filter(|id| owned.contains(*id)).cloned().collect())
     }
 
     /// Claims entries that other (silent) consumers left pending longer than the visibility
@@ -708,32 +739,45 @@ impl Shared {
                 .or_else(|| self.window.clone().try_acquire_owned().ok());
             let shared = self.clone();
             self.tracker.spawn(async move {
+                // The handler's run slots first (all of them for a suspect), then the process-wide
+                // lock (exclusive for a suspect): always in this order, so no two waiters hold
+                // what the other waits for.
+                let slots_and_lock = async {
+                    let running = shared.running.clone().acquire_many_owned(slots).await.ok()?;
+                    let lock = shared.bus.alone.clone();
+                    let guard = if suspect {
+                        Guard::Alone(lock.write_owned().await)
+                    } else {
+                        Guard::Shared(lock.read_owned().await)
+                    };
+                    Some((running, guard))
+                };
                 let running = tokio::select! {
                     biased;
                     () = shared.cancel.cancelled() => None,
-                    p = shared.running.clone().acquire_many_owned(slots) => p.ok(),
+                    r = slots_and_lock => r,
                 };
                 match running {
-                    Some(running) if !shared.cancel.is_cancelled() => {
-                        handle_entry(&shared, entry, charged, suspect, window).await;
-                        drop(running);
+                    Some(held) if !shared.cancel.is_cancelled() => {
+                        handle_entry(&shared, entry, charged, suspect, window, held).await;
                     }
-                    _ => shared.release(entry.id),
+                    _ => shared.release(entry.id, suspect),
                 }
             });
         }
     }
 
     /// An entry shutdown kept from starting: queued for [`hand_back`](Self::hand_back) (it stays
-    /// in the in-flight set, leased, until then).
-    fn release(&self, id: String) {
-        match self.handback.lock() {
-            Ok(mut h) => h.push(id),
-            Err(_) => {
-                if let Ok(mut s) = self.inflight.lock() {
-                    s.remove(&id);
-                }
-            }
+    /// in the in-flight set, leased, until then). A suspect is not handed back (whoever takes a
+    /// handed-back entry runs it without suspicion): it stays pending, and is claimed as a
+    /// suspect after the visibility timeout.
+    fn release(&self, id: String, suspect: bool) {
+        if !suspect && let Ok(mut h) = self.handback.lock() {
+            h.push(id);
+            return;
+        }
+        if let Ok(mut s) = self.inflight.lock() {
+            s.remove(&id);
         }
     }
 }
@@ -742,10 +786,13 @@ impl Shared {
 /// them. No reader ever reads under this name, so nothing it holds is ever started by it.
 const HANDBACK_CONSUMER: &str = "eventbus.handed-back";
 /// The idle time given to handed-back entries: far past any visibility timeout.
-const HANDBACK_IDLE_MS: u64 = 1_000_000_000;
+/// The idle time given to handed-back entries: enough for a take-over claim, far below the
+/// visibility timeout's floor (100 ms), so `XAUTOCLAIM` does not take them as a silent
+/// consumer's entries (suspects) before a take-over check (every 500 ms at most) does.
+const HANDBACK_IDLE_MS: u64 = 50;
 /// The `min-idle` of a take-over claim: after the first consumer's claim an entry's idle time
 /// restarts at 0, so a second consumer's claim in the same moment finds nothing to take.
-const HANDBACK_MIN_IDLE_MS: u64 = 10_000;
+const HANDBACK_MIN_IDLE_MS: u64 = 50;
 
 /// Renews the leases of this reader's entries every third of the visibility timeout, and claims
 /// silent consumers' entries every claim interval (until shutdown starts). Runs until shutdown
@@ -845,6 +892,16 @@ async fn ensure_group(conn: &mut SharedConn, stream: &str, group: &str) -> redis
     }
 }
 
+/// What a run holds of the process-wide lock ([`BusInner::alone`](crate::bus::BusInner)),
+/// held only to be dropped when the run ends.
+#[allow(dead_code)]
+enum Guard {
+    /// A normal run: shared with every other normal run.
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    /// A suspect: alone in the process.
+    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
 /// One settled entry on its way to the ack batcher.
 struct Settled {
     id: String,
@@ -863,6 +920,7 @@ async fn handle_entry(
     charged: u32,
     suspect: bool,
     window: Option<OwnedSemaphorePermit>,
+    held: (OwnedSemaphorePermit, Guard),
 ) {
     let marks = Marks {
         conn: &shared.bus.conn,
@@ -878,6 +936,9 @@ async fn handle_entry(
         wrote: charged > 0,
     };
     let outcome = run_entry(shared, &entry, &mut charges).await;
+    // The run is over: its slots (and the process-wide lock) go to the next run, while the entry
+    // keeps its window permit until it is acked or dead-lettered.
+    drop(held);
     let marked = charges.wrote;
     match outcome {
         Outcome::Ack | Outcome::Lost | Outcome::Skip => {
@@ -907,7 +968,7 @@ async fn handle_entry(
             shared.runner.dead_letter(&mut conn, ack, &failure).await;
         }
         Outcome::Released => {
-            shared.release(entry.id);
+            shared.release(entry.id, suspect);
             return;
         }
         Outcome::Abandoned => {}
@@ -946,6 +1007,9 @@ async fn ack_loop(
             }
         }
         let mut pipe = redis::pipe();
+        // Each reply on its own: a failing HDEL (an ACL edit, a wrong key type) must not make an
+        // ack that landed look failed.
+        pipe.ignore_errors();
         pipe.cmd("XACK").arg(&stream).arg(group);
         for settled in &batch {
             pipe.arg(&settled.id);
@@ -955,7 +1019,6 @@ async fn ack_loop(
             for settled in batch.iter().filter(|s| s.marked) {
                 pipe.arg(transport::attempts_field(group, &settled.id));
             }
-            pipe.ignore();
         }
         // XACK is idempotent: retry until it lands (the entries stay in the in-flight set, so
         // nothing re-runs them meanwhile), or until shutdown gives up on the drain.
@@ -963,7 +1026,22 @@ async fn ack_loop(
         let mut attempt = 0u32;
         loop {
             let r = tokio::select! {
-                r = pipe.query_async::<Value>(&mut conn) => r,
+                r = pipe.query_async::<Vec<redis::RedisResult<Value>>>(&mut conn) => match r {
+                    Ok(mut replies) if !replies.is_empty() => {
+                        if replies.len() > 1 && let Some(Err(e)) = replies.pop() {
+                            tracing::warn!(handler = group, error = %e, "cannot delete the charged attempts of acked entries; they stay in the attempts hash");
+                        }
+                        match replies.swap_remove(0) {
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Ok(_) => Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "empty reply to XACK",
+                    ))),
+                    Err(e) => Err(e),
+                },
                 () = abort.cancelled() => Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "the drain timeout passed",

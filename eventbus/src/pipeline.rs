@@ -221,11 +221,16 @@ impl Runner {
                 && let Some(marks) = charges.marks
             {
                 // Charged before it starts: if it takes the process down, its next delivery
-                // knows. Without the record it must not run (a crash would go uncounted).
-                if !self.charge(marks, 1).await {
-                    return Outcome::Released;
-                }
+                // knows. Without the record it must not run (a crash would go uncounted): it
+                // stays pending and is claimed again later.
                 charges.wrote = true;
+                if !self.charge(marks, 1).await {
+                    return if self.cancel.is_cancelled() {
+                        Outcome::Released
+                    } else {
+                        Outcome::Abandoned
+                    };
+                }
             }
             let span = tracing::info_span!(
                 "eventbus.handle",
@@ -298,13 +303,10 @@ impl Runner {
                         && let Some(marks) = charges.marks
                     {
                         // A failure survives a crash of this process: charge it. Best effort (a
-                        // lost charge only means one more attempt later).
-                        if matches!(
-                            tokio::time::timeout(Duration::from_secs(2), marks.add(1)).await,
-                            Ok(Ok(_))
-                        ) {
-                            charges.wrote = true;
-                        }
+                        // lost charge only means one more attempt later). Marked as written
+                        // first: a reply that comes too late must not leave the field behind.
+                        charges.wrote = true;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), marks.add(1)).await;
                     }
                     if attempt < attempts {
                         let delay = self.policy.delay(attempt);
@@ -327,13 +329,24 @@ impl Runner {
         })
     }
 
-    /// Charges `by` attempts to `marks`, retrying until Redis takes it; false when shutdown
-    /// came first.
+    /// Charges `by` attempts to `marks`, retrying a few times; false when Redis does not take
+    /// it (health then says why) or shutdown came first.
     async fn charge(&self, marks: &Marks<'_>, by: i64) -> bool {
         let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
         loop {
+            tries += 1;
             match marks.add(by).await {
                 Ok(_) => return true,
+                Err(e) if tries >= 4 => {
+                    Stats::add(&self.stats.claim_errors, 1);
+                    self.stats.set(
+                        Path::Claim,
+                        Some(format!("cannot record the attempt of a suspect entry (it stays pending and is claimed again later): {e}")),
+                    );
+                    tracing::error!(handler = self.handler.name, error = %e, "cannot record the attempt of a suspect entry; it does not run now and stays pending");
+                    return false;
+                }
                 Err(e) => {
                     tracing::warn!(handler = self.handler.name, error = %e, "cannot record the attempt of a suspect entry; retrying before it runs");
                     tokio::select! {
