@@ -636,7 +636,12 @@ impl Shared {
             () = self.runner.abort.cancelled() => return None,
         };
         let owned: HashSet<String> = reply.ok()?.ids.into_iter().map(|p| p.id).collect();
-        Some(ids.iter().filter(|id| owned.contains(*id)).cloned().collect())
+        Some(
+            ids.iter()
+                .filter(|id| owned.contains(*id))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Claims entries that other (silent) consumers left pending longer than the visibility
@@ -743,7 +748,12 @@ impl Shared {
                 // lock (exclusive for a suspect): always in this order, so no two waiters hold
                 // what the other waits for.
                 let slots_and_lock = async {
-                    let running = shared.running.clone().acquire_many_owned(slots).await.ok()?;
+                    let running = shared
+                        .running
+                        .clone()
+                        .acquire_many_owned(slots)
+                        .await
+                        .ok()?;
                     let lock = shared.bus.alone.clone();
                     let guard = if suspect {
                         Guard::Alone(lock.write_owned().await)

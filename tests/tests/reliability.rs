@@ -325,7 +325,9 @@ async fn shutdown_starts_nothing_new_and_hands_prefetched_entries_back() {
     .await;
 
     let second = Seen::default();
+    // A smaller batch than the 9 handed back: the take-over takes several pages.
     let bus_b = builder(&server.url(), &ns, "b", &second)
+        .batch_size(4)
         .visibility_timeout(Duration::from_secs(30))
         .claim_interval(Duration::from_secs(10))
         .build()
