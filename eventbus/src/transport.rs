@@ -205,11 +205,9 @@ impl SharedConn {
         generation: u64,
         deadline: Instant,
     ) -> Bounded<F::Output> {
-        let fut = std::pin::pin!(fut);
-        let mut fut = fut;
+        let mut fut = std::pin::pin!(fut);
         let check = |now: Instant| deadline.min(now + REPLACED_CHECK);
-        let sleep = std::pin::pin!(tokio::time::sleep_until(check(Instant::now())));
-        let mut sleep = sleep;
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(check(Instant::now())));
         loop {
             tokio::select! {
                 biased;
@@ -378,15 +376,20 @@ async fn replace(weak: Weak<SharedInner>) {
                 }
                 return;
             }
-            Ok(Err(e)) => {
+            // Warned once per round; a long outage retries quietly (health reports it).
+            Ok(Err(e)) if failures == 0 => {
                 tracing::warn!(error = %e, "cannot replace the shared Redis connection yet; retrying");
             }
-            Err(_) => {
+            Err(_) if failures == 0 => {
                 tracing::warn!(
                     timeout = ?(connect_timeout + PROBE_TIMEOUT),
-                    "cannot replace the shared Redis connection yet (no answer); retrying"
+                    "cannot replace the shared Redis connection yet (not connected and answering in time); retrying"
                 );
             }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "replacing the shared Redis connection failed again")
+            }
+            Err(_) => tracing::debug!("replacing the shared Redis connection timed out again"),
         }
         failures = failures.saturating_add(1);
     }
@@ -811,6 +814,50 @@ mod tests {
             Some("chat.created")
         );
         assert_eq!(event_of_dlq_key("events", "other:{chat.created}:dlq"), None);
+    }
+
+    fn server_error(reply: &str) -> redis::RedisError {
+        match redis::parse_redis_value(reply.as_bytes()) {
+            Ok(Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_that_need_a_new_connection() {
+        for reply in [
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-MASTERDOWN Link with MASTER is down\r\n",
+            "-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)\r\n",
+        ] {
+            assert!(needs_new_connection(&server_error(reply)), "{reply}");
+        }
+        for kind in [
+            std::io::ErrorKind::TimedOut,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let e = redis::RedisError::from(std::io::Error::from(kind));
+            assert!(needs_new_connection(&e), "{kind:?}");
+        }
+        for reply in [
+            "-NOPERM no permissions\r\n",
+            "-NOGROUP No such key or consumer group\r\n",
+            "-WRONGTYPE Operation against a key\r\n",
+            "-MOVED 3999 127.0.0.1:6381\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+        ] {
+            assert!(!needs_new_connection(&server_error(reply)), "{reply}");
+        }
+    }
+
+    #[test]
+    fn replacements_back_off_up_to_a_cap() {
+        let ms: Vec<u128> = (0..7).map(|n| replace_backoff(n).as_millis()).collect();
+        assert_eq!(ms, [0, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(replace_backoff(u32::MAX), REPLACE_BACKOFF_MAX);
+        const { assert!(REPLACED_CHECK.as_nanos() >= PROBE_INTERVAL.as_nanos()) };
     }
 
     #[test]
