@@ -188,7 +188,7 @@ impl Publisher {
             let generation = self.conn.generation();
             let error = match self
                 .conn
-                .bounded(self.coalescer.query(cmd), generation, deadline)
+                .bounded(self.coalescer.query(cmd), generation, Some(deadline))
                 .await
             {
                 Bounded::Done(Ok(_)) => {
@@ -268,10 +268,10 @@ impl Publisher {
         let deadline = Instant::now() + self.publish_timeout;
         let mut retry = Retry::default();
         loop {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.unwatched();
             let generation = self.conn.generation();
             let query = pipe.query_async::<redis::Value>(&mut conn);
-            let error = match self.conn.bounded(query, generation, deadline).await {
+            let error = match self.conn.bounded(query, generation, Some(deadline)).await {
                 Bounded::Done(Ok(_)) => {
                     self.conn.publish_succeeded();
                     return Ok(ids);

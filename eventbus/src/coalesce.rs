@@ -1,7 +1,7 @@
 //! Auto-pipelining for single publishes: concurrent `publish` calls on one bus are sent together
 //! as one pipeline, like a hand-written pipeline would, while a lone publish goes out at once.
 
-use crate::transport::{Bounded, SharedConn};
+use crate::transport::SharedConn;
 use redis::{Cmd, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,8 +51,9 @@ impl Coalescer {
         }
         let _busy = Busy(&self.busy);
         if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
-            // Nothing else is being published: send it straight away.
-            let mut conn = self.conn.clone();
+            // Nothing else is being published: send it straight away. Unwatched: the publisher
+            // bounds the wait itself (one timer per publish).
+            let mut conn = self.conn.unwatched();
             return cmd.query_async::<Value>(&mut conn).await;
         }
         let (reply, rx) = oneshot::channel();
@@ -115,33 +116,16 @@ async fn write(mut rx: mpsc::UnboundedReceiver<Job>, conn: SharedConn) {
     }
 }
 
-/// The error a job gets when its pipeline was still waiting on a connection that was replaced
-/// meanwhile (a dead flow): transient, so its publisher sends it again on the new connection.
-fn replaced() -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Io,
-        "the shared connection was replaced while the publish waited for its reply",
-    ))
-}
-
-/// How long a pipeline may wait in the writer at most, besides the connection's own response
-/// timeout: effectively no limit (a replacement of the connection ends the wait sooner).
-const NO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
 /// Sends one batch of jobs (a lone command as it is) and hands every job its reply. A batch
 /// still waiting when the connection is replaced (a dead flow) gives up at once, so a stuck
 /// pipeline never holds one of the [`MAX_IN_FLIGHT`] slots until its response timeout.
+///
+/// The commands are watched (see `SharedConn`'s `ConnectionLike`): a pipeline stuck on a
+/// replaced connection fails at once, and its publishers send again on the new one.
 async fn send(mut jobs: Vec<Job>, mut conn: SharedConn) {
-    let generation = conn.generation();
-    let deadline = tokio::time::Instant::now() + NO_DEADLINE;
     if jobs.len() == 1 {
         if let Some(job) = jobs.pop() {
-            let shared = conn.clone();
-            let query = job.cmd.query_async::<Value>(&mut conn);
-            let result = match shared.bounded(query, generation, deadline).await {
-                Bounded::Done(r) => r,
-                Bounded::Replaced | Bounded::Elapsed => Err(replaced()),
-            };
+            let result = job.cmd.query_async::<Value>(&mut conn).await;
             let _ = job.reply.send(result);
         }
         return;
@@ -155,13 +139,7 @@ async fn send(mut jobs: Vec<Job>, mut conn: SharedConn) {
     }
     // With ignore_errors each command gets its own result: one command's server error
     // (NOPERM, OOM) does not fail the others.
-    let shared = conn.clone();
-    let query = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
-    let result = match shared.bounded(query, generation, deadline).await {
-        Bounded::Done(r) => r,
-        Bounded::Replaced | Bounded::Elapsed => Err(replaced()),
-    };
-    match result {
+    match pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn).await {
         Ok(results) if results.len() == replies.len() => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);

@@ -195,28 +195,29 @@ impl SharedConn {
         &self.inner.stats
     }
 
-    /// Waits for `fut` (a command sent on this connection at `generation`) until `deadline`,
-    /// checking every [`REPLACED_CHECK`] whether the connection was replaced meanwhile: a command
+    /// Waits for `fut` (a command sent on this connection at `generation`) until `deadline`
+    /// (if any), checking every [`REPLACED_CHECK`] whether the connection was replaced meanwhile: a command
     /// stuck on a dead flow is then given up for one on the new connection. One timer, armed
     /// once on the fast path.
     pub(crate) async fn bounded<F: Future>(
         &self,
         fut: F,
         generation: u64,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Bounded<F::Output> {
-        let fut = std::pin::pin!(fut);
-        let mut fut = fut;
-        let check = |now: Instant| deadline.min(now + REPLACED_CHECK);
-        let sleep = std::pin::pin!(tokio::time::sleep_until(check(Instant::now())));
-        let mut sleep = sleep;
+        let mut fut = std::pin::pin!(fut);
+        let check = |now: Instant| match deadline {
+            Some(deadline) => deadline.min(now + REPLACED_CHECK),
+            None => now + REPLACED_CHECK,
+        };
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(check(Instant::now())));
         loop {
             tokio::select! {
                 biased;
                 r = &mut fut => return Bounded::Done(r),
                 () = &mut sleep => {
                     let now = Instant::now();
-                    if now >= deadline {
+                    if deadline.is_some_and(|deadline| now >= deadline) {
                         return Bounded::Elapsed;
                     }
                     if self.generation() != generation {
@@ -378,15 +379,20 @@ async fn replace(weak: Weak<SharedInner>) {
                 }
                 return;
             }
-            Ok(Err(e)) => {
+            // Warned once per round; a long outage retries quietly (health reports it).
+            Ok(Err(e)) if failures == 0 => {
                 tracing::warn!(error = %e, "cannot replace the shared Redis connection yet; retrying");
             }
-            Err(_) => {
+            Err(_) if failures == 0 => {
                 tracing::warn!(
                     timeout = ?(connect_timeout + PROBE_TIMEOUT),
-                    "cannot replace the shared Redis connection yet (no answer); retrying"
+                    "cannot replace the shared Redis connection yet (not connected and answering in time); retrying"
                 );
             }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "replacing the shared Redis connection failed again")
+            }
+            Err(_) => tracing::debug!("replacing the shared Redis connection timed out again"),
         }
         failures = failures.saturating_add(1);
     }
@@ -548,17 +554,55 @@ async fn supervise(weak: Weak<SharedInner>, stop: CancellationToken) {
     }
 }
 
+impl SharedConn {
+    /// Runs one command (or pipeline) on the connection in use, reporting its outcome; with
+    /// `watch`, a command still waiting when the connection is replaced gives up with
+    /// [`replaced_error`] instead of waiting for a dead flow's response timeout.
+    async fn run<T, F>(&self, watch: bool, send: F) -> redis::RedisResult<T>
+    where
+        F: AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    {
+        let (mut conn, generation) = self.get_with_generation();
+        let r = if watch {
+            match self.bounded(send(&mut conn), generation, None).await {
+                Bounded::Done(r) => r,
+                Bounded::Replaced | Bounded::Elapsed => Err(replaced_error()),
+            }
+        } else {
+            send(&mut conn).await
+        };
+        match &r {
+            Ok(_) => self.answered(),
+            Err(e) => self.report_at(e, generation),
+        }
+        r
+    }
+
+    /// This connection for a caller that bounds its wait itself with [`SharedConn::bounded`]:
+    /// commands are not watched for a replacement a second time (one timer per command).
+    pub(crate) fn unwatched(&self) -> Unwatched {
+        Unwatched(self.clone())
+    }
+}
+
+/// The error of a command given up because its connection was replaced while it waited for
+/// the reply (a dead or demoted connection): an I/O error, so callers retry it as transient.
+/// Whether it ran is unknown, as after any lost reply.
+pub(crate) fn replaced_error() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the shared Redis connection was replaced while the command waited for its reply",
+    ))
+}
+
+/// Commands on the shared connection: each one is watched, so a command sent on a connection
+/// that is replaced meanwhile fails at once with [`replaced_error`] (retry it) instead of
+/// waiting out the response timeout on a dead flow.
 impl redis::aio::ConnectionLike for SharedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let (mut conn, generation) = self.get_with_generation();
-        Box::pin(async move {
-            let r = conn.req_packed_command(cmd).await;
-            match &r {
-                Ok(_) => self.answered(),
-                Err(e) => self.report_at(e, generation),
-            }
-            r
-        })
+        Box::pin(self.run(true, async move |c: &mut ConnectionManager| {
+            c.req_packed_command(cmd).await
+        }))
     }
 
     fn req_packed_commands<'a>(
@@ -567,19 +611,40 @@ impl redis::aio::ConnectionLike for SharedConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let (mut conn, generation) = self.get_with_generation();
-        Box::pin(async move {
-            let r = conn.req_packed_commands(pipeline, offset, count).await;
-            match &r {
-                Ok(_) => self.answered(),
-                Err(e) => self.report_at(e, generation),
-            }
-            r
-        })
+        Box::pin(self.run(true, async move |c: &mut ConnectionManager| {
+            c.req_packed_commands(pipeline, offset, count).await
+        }))
     }
 
     fn get_db(&self) -> i64 {
         self.get().get_db()
+    }
+}
+
+/// [`SharedConn`] without the per-command replacement watch; see [`SharedConn::unwatched`].
+#[derive(Clone, Debug)]
+pub(crate) struct Unwatched(SharedConn);
+
+impl redis::aio::ConnectionLike for Unwatched {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(self.0.run(false, async move |c: &mut ConnectionManager| {
+            c.req_packed_command(cmd).await
+        }))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(self.0.run(false, async move |c: &mut ConnectionManager| {
+            c.req_packed_commands(pipeline, offset, count).await
+        }))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get().get_db()
     }
 }
 
@@ -811,6 +876,50 @@ mod tests {
             Some("chat.created")
         );
         assert_eq!(event_of_dlq_key("events", "other:{chat.created}:dlq"), None);
+    }
+
+    fn server_error(reply: &str) -> redis::RedisError {
+        match redis::parse_redis_value(reply.as_bytes()) {
+            Ok(Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_that_need_a_new_connection() {
+        for reply in [
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-MASTERDOWN Link with MASTER is down\r\n",
+            "-UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)\r\n",
+        ] {
+            assert!(needs_new_connection(&server_error(reply)), "{reply}");
+        }
+        for kind in [
+            std::io::ErrorKind::TimedOut,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let e = redis::RedisError::from(std::io::Error::from(kind));
+            assert!(needs_new_connection(&e), "{kind:?}");
+        }
+        for reply in [
+            "-NOPERM no permissions\r\n",
+            "-NOGROUP No such key or consumer group\r\n",
+            "-WRONGTYPE Operation against a key\r\n",
+            "-MOVED 3999 127.0.0.1:6381\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+        ] {
+            assert!(!needs_new_connection(&server_error(reply)), "{reply}");
+        }
+    }
+
+    #[test]
+    fn replacements_back_off_up_to_a_cap() {
+        let ms: Vec<u128> = (0..7).map(|n| replace_backoff(n).as_millis()).collect();
+        assert_eq!(ms, [0, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(replace_backoff(u32::MAX), REPLACE_BACKOFF_MAX);
+        const { assert!(REPLACED_CHECK.as_nanos() >= PROBE_INTERVAL.as_nanos()) };
     }
 
     #[test]
