@@ -170,8 +170,10 @@ impl Error {
         }
     }
 
-    /// Whether retrying the same call later may succeed (connection and timeout failures);
-    /// false for configuration, permission and encoding errors.
+    /// Whether retrying the same call later may succeed: connection and timeout failures, and
+    /// server answers that pass by themselves (`READONLY`/`MASTERDOWN` during a failover,
+    /// `LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`); false for configuration, permission and
+    /// encoding errors, and for `MOVED`/`ASK` (this client does not follow cluster redirects).
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Redis { source, .. } | Error::Connect { source, .. } => is_transient(source),

@@ -10,6 +10,9 @@
 //! or a proxy sends it to the current primary) when the server answers `READONLY` or
 //! `MASTERDOWN`, when commands time out [`TIMEOUTS_BEFORE_REPLACING`] times in a row, or when a
 //! probe fails. redis-rs's connection manager reconnects by itself only when the socket breaks.
+//! A command still waiting on a connection that was replaced gives up within
+//! [`REPLACED_CHECK`] (an I/O error its caller retries), so nothing waits out the response
+//! timeout on a dead flow.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
