@@ -90,7 +90,12 @@ impl Reader {
             stream: transport::stream_key(&bus.config.namespace, handler.event_name),
             consumer: bus.config.consumer.clone(),
             running: Arc::new(Semaphore::new(runner.concurrency())),
-            window: Arc::new(Semaphore::new(runner.concurrency() + bus.config.batch_size)),
+            // Runs in flight, a batch read ahead, and a batch whose acks are in flight: entries
+            // keep their permit until their ack lands, so reads stay full batches while one
+            // XACK is out, and stop when acks fail.
+            window: Arc::new(Semaphore::new(
+                runner.concurrency() + 2 * bus.config.batch_size,
+            )),
             inflight: inflight.clone(),
             acks,
             marks_key,
@@ -357,7 +362,7 @@ impl Shared {
     /// How many entries this reader may hold at once (plus a page of claims): the count for
     /// XPENDING queries over a range of our own pending entries, so none is cut off.
     fn window_capacity(&self) -> usize {
-        self.runner.concurrency() + self.bus.config.batch_size * 2
+        self.runner.concurrency() + self.bus.config.batch_size * 3
     }
 
     /// Renews the lease of every entry running here: `XCLAIM ... JUSTID` resets its idle time

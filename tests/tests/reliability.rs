@@ -421,7 +421,8 @@ async fn revoked_xack_bounds_the_runs_and_everything_drains_after_the_grant() {
 
     eventbus_tests::acl::add_rules(&mut admin, "svc", &["-xack"]).await;
     publish_jobs(&bus, (5..305).map(job)).await;
-    let window = CONCURRENCY as usize + BATCH;
+    // The prefetch window: runs in flight, a batch read ahead, a batch of acks in flight.
+    let window = CONCURRENCY as usize + 2 * BATCH;
     wait_until(
         Duration::from_secs(10),
         "health reports the failing acks",
