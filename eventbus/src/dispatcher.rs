@@ -47,6 +47,9 @@ struct Shared {
     marks_key: String,
     /// Entries that shutdown kept from starting: handed back to the group at once.
     handback: Mutex<Vec<String>>,
+    /// Gets a permit once the first check for entries trimmed before they were read has run:
+    /// the reader waits for it (briefly), so it cannot read past such a gap unseen at start.
+    first_trim_check: Semaphore,
     /// Set once the reader has re-read its own pending entries after the process started:
     /// later re-reads (after a reconnect) find only entries this process never started.
     own_pending_read: std::sync::atomic::AtomicBool,
@@ -100,6 +103,7 @@ impl Reader {
             acks,
             marks_key,
             handback: Mutex::new(Vec::new()),
+            first_trim_check: Semaphore::new(0),
             own_pending_read: std::sync::atomic::AtomicBool::new(false),
             stats: runner.stats.clone(),
             runner,
@@ -170,6 +174,10 @@ impl Reader {
         // Leases and claims run beside the read loop, so neither waits while the prefetch window
         // is full, and leases keep being renewed through the drain at shutdown.
         shared.tracker.spawn(maintain(shared.clone()));
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(2), shared.first_trim_check.acquire()) => {}
+            () = shared.cancel.cancelled() => {}
+        }
         while !shared.cancel.is_cancelled() {
             if self.conn.is_none() {
                 Stats::add(&stats.reconnects, 1);
@@ -857,6 +865,11 @@ async fn maintain(shared: Arc<Shared>) {
                 &shared.stats,
             )
             .await;
+            if shared.first_trim_check.available_permits() == 0 {
+                shared
+                    .first_trim_check
+                    .add_permits(Semaphore::MAX_PERMITS / 2);
+            }
             match shared.claim_abandoned().await {
                 Ok(()) => {
                     shared.stats.clear(Path::Claim);

@@ -220,11 +220,11 @@ async fn entries_trimmed_while_a_service_was_down_are_counted_when_it_starts() {
     for n in 0..10 {
         bus.publish(&TrimNote { n }).await.expect("publish");
     }
-    // The reader fills its window (1 running + 4 queued), then the service stops.
+    // The reader fills its window (1 running + 2 batches of 4), then the service stops.
     wait_until(Duration::from_secs(10), "the window filled", || {
         let mut admin = admin.clone();
         let stream = stream.clone();
-        async move { pending_count(&mut admin, &stream, GATED).await == 5 }
+        async move { pending_count(&mut admin, &stream, GATED).await == 9 }
     })
     .await;
     running.shutdown().await.expect("shutdown");
@@ -235,8 +235,11 @@ async fn entries_trimmed_while_a_service_was_down_are_counted_when_it_starts() {
     let (added, length, read) = counters(&mut admin, &stream, GATED).await;
     let lost = added - length - read;
     println!("while down: {added} published, {length} left, {read} read: {lost} lost");
-    assert!(lost >= 80, "{lost}");
-    // Started again, the reader takes back its 5 pending entries first (a full window).
+    assert!(
+        lost >= 60,
+        "most of the 100 published while down were trimmed unread: {lost}"
+    );
+    // Started again, the reader takes back its 9 pending entries first (a full window).
     let running = bus.start().await.expect("start again");
     wait_until(Duration::from_secs(10), "trimmed_unread counted", || {
         let health = running.health();
