@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::bus::BusInner;
 use crate::config::Overflow;
 use crate::dlq::Failure;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::handler::HandlerRegistration;
 use crate::health::Stats;
 use crate::pipeline::{Outcome, Runner};
@@ -213,8 +213,10 @@ impl Subscriber {
     pub(crate) async fn connect(mut self) -> Result<Subscriber> {
         if let Err(source) = self.subscribe().await {
             return Err(match source.code() {
-                Some("NOPERM") => Error::redis("SUBSCRIBE")(source),
-                _ => Error::connect(&self.bus.config.redis_url, source),
+                Some("NOPERM") => crate::transport::redis::errors::to_error("SUBSCRIBE")(source),
+                _ => {
+                    crate::transport::redis::errors::unreachable(&self.bus.config.redis_url, source)
+                }
             });
         }
         Ok(self)

@@ -98,7 +98,7 @@ impl Retry {
         error: &redis::RedisError,
         deadline: Instant,
     ) -> bool {
-        if !crate::error::is_transient(error) {
+        if !crate::transport::redis::errors::is_transient(error) {
             return false;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -223,11 +223,14 @@ impl Publisher {
             retry.last = Some(error);
             return None;
         }
-        if crate::error::is_transient(&error) {
+        if crate::transport::redis::errors::is_transient(&error) {
             return Some(self.timed_out::<E>(Some(error)));
         }
         self.conn.count_publish_error();
-        Some(Error::redis_key(Self::command_name::<E>(), key)(error))
+        Some(crate::transport::redis::errors::to_error_key(
+            Self::command_name::<E>(),
+            key,
+        )(error))
     }
 
     /// The error of a publish call whose `publish_timeout` passed.
@@ -355,7 +358,7 @@ impl Bus {
     /// [`Error::Encode`] when the event does not serialize, [`Error::PayloadTooLarge`] when its
     /// envelope exceeds the configured maximum (neither counts as a connection failure in
     /// [`health`](Self::health)), [`Error::Timeout`] when `publish_timeout` passed (its
-    /// `last_error` says why), [`Error::Permission`] or [`Error::Redis`] when Redis refused it
+    /// `last_error` says why), [`Error::Permission`] or [`Error::Transport`] when Redis refused it
     /// for good (not retried).
     pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<EventId> {
         self.inner.publisher.publish(event, &Meta::default()).await
@@ -421,7 +424,7 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// [`Error::Redis`] when a group cannot be created or a reader cannot connect.
+    /// [`Error::Transport`] when a group cannot be created or a reader cannot connect.
     pub async fn start(&self) -> Result<RunningBus> {
         let cancel = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -643,7 +646,7 @@ impl BusBuilder {
     ///
     /// [`Error::Config`] for an invalid setting, [`Error::DuplicateHandler`],
     /// [`Error::DuplicateEvent`], [`Error::UnknownHandler`], [`Error::MissingState`], or
-    /// [`Error::Connect`] when Redis cannot be reached.
+    /// [`Error::Unreachable`] when Redis cannot be reached.
     pub async fn build(&mut self) -> Result<Bus> {
         Bus::connect(self).await
     }

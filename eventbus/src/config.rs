@@ -661,7 +661,7 @@ impl BusBuilder {
         {
             return Err(Error::config(
                 "REDIS_URL",
-                crate::transport::redact(url),
+                redact(url),
                 "expected redis://host:port, rediss://host:port (TLS) or unix:///path",
             ));
         }
@@ -941,9 +941,34 @@ fn default_consumer(service: &str) -> String {
     format!("{service}-{host}-{}-{n}", std::process::id())
 }
 
+/// The URL with any password replaced by `***`, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379"),
+            "redis://user:***@host:6379"
+        );
+        assert_eq!(redact("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

@@ -17,12 +17,13 @@ use tokio_util::task::TaskTracker;
 use crate::bus::BusInner;
 use crate::dlq::Failure;
 use crate::envelope;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::handler::HandlerRegistration;
 use crate::health::Path;
 use crate::health::Stats;
 use crate::pipeline::{Charges, Marks, Outcome, Runner};
 use crate::transport;
+use crate::transport::source::{Entry, parse_id};
 
 /// What one reader shares with the tasks it spawns.
 struct Shared {
@@ -134,14 +135,17 @@ impl Reader {
         let mut conn = self.shared.bus.conn.clone();
         ensure_group(&mut conn, &self.shared.stream, self.group())
             .await
-            .map_err(Error::redis_key("XGROUP CREATE", &self.shared.stream))
+            .map_err(crate::transport::redis::errors::to_error_key(
+                "XGROUP CREATE",
+                &self.shared.stream,
+            ))
     }
 
     /// Opens the dedicated connection for blocking reads.
     pub(crate) async fn connect(mut self) -> Result<Reader> {
-        self.reconnect()
-            .await
-            .map_err(|source| Error::connect(&self.shared.bus.config.redis_url, source))?;
+        self.reconnect().await.map_err(|source| {
+            crate::transport::redis::errors::unreachable(&self.shared.bus.config.redis_url, source)
+        })?;
         Ok(self)
     }
 
@@ -262,7 +266,7 @@ impl Reader {
                             error = %e,
                             "permission denied by the Redis ACL: grant this user the namespace's keys and the stream commands (see the README's ACL section)"
                         );
-                    } else if transport::needs_new_connection(&e) {
+                    } else if transport::redis::errors::needs_new_connection(&e) {
                         tracing::warn!(handler = self.group(), error = %e, "reader connection lost; reconnecting");
                         self.conn = None;
                         stats
@@ -1150,28 +1154,7 @@ async fn run_entry(shared: &Shared, entry: &Entry, charges: &mut Charges<'_>) ->
     shared.runner.run_charged(raw, charges).await
 }
 
-/// A stream entry id as `(milliseconds, sequence)`, for ordering.
-fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
-
-/// One stream entry as the reader needs it: the id and the fields, taken out of the reply
-/// without copies (no per-entry map of owned keys).
-pub(crate) struct Entry {
-    pub(crate) id: String,
-    /// Field name and value pairs; empty when the entry was deleted while pending.
-    pub(crate) fields: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
 impl Entry {
-    fn field(&self, name: &str) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
-    }
-
     /// `[id, [field, value, ...]]`, or `[id, nil]` for an entry deleted while pending.
     fn from_value(v: Value) -> Option<Entry> {
         let Value::Array(parts) = v else { return None };

@@ -19,6 +19,7 @@ use crate::bus::BusInner;
 use crate::envelope::{self, EventId};
 use crate::error::{Error, Result};
 use crate::handler::HandlerRegistration;
+pub(crate) use crate::transport::settle::Written;
 use crate::transport::{self, SharedConn};
 
 /// Why a delivery failed for good.
@@ -53,19 +54,6 @@ impl DlqKeys {
             attempts: transport::attempts_key(namespace, event),
         }
     }
-}
-
-/// What [`write_letter`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Written {
-    /// The dead letter was written (and, for a durable entry, the original acked and its
-    /// charged attempts deleted), all in one step.
-    Letter,
-    /// Nothing was written: the durable entry is no longer pending for the group. It was
-    /// already settled: acked or dead-lettered by another consumer that exhausted the same
-    /// entry, or by an earlier try of this write whose reply was lost; or its stream or group
-    /// was deleted. Do not count it as a new dead letter.
-    AlreadySettled,
 }
 
 /// `write_letter` for a durable entry. KEYS: stream, dlq, attempts. ARGV: group, entry id,
@@ -325,7 +313,7 @@ impl DeadLetters {
                 .arg("stream")
                 .query_async(&mut conn)
                 .await
-                .map_err(Error::redis("SCAN"))?;
+                .map_err(crate::transport::redis::errors::to_error("SCAN"))?;
             keys.extend(batch.into_iter().filter_map(|key| {
                 let event = event_of_key(namespace, &key)?.to_owned();
                 Some((key, event))
@@ -344,7 +332,7 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`Error::Redis`] when Redis fails.
+    /// [`Error::Transport`] when Redis fails.
     pub async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut all = Vec::new();
         let mut conn = self.conn();
@@ -357,7 +345,7 @@ impl DeadLetters {
                 .arg(limit)
                 .query_async(&mut conn)
                 .await
-                .map_err(Error::redis("XRANGE"))?;
+                .map_err(crate::transport::redis::errors::to_error("XRANGE"))?;
             all.extend(reply.ids.into_iter().map(|e| parse(&event, &e.id, &e.map)));
         }
         all.sort_by(|a, b| (a.failed_at, &a.id).cmp(&(b.failed_at, &b.id)));
@@ -384,7 +372,7 @@ impl DeadLetters {
     /// [`Error::DeadLetterNotFound`] (also when a concurrent replay or `remove` got there
     /// first); [`Error::Replay`] when its envelope was never a valid event (fix the producer and
     /// publish again instead), when nothing could receive it (no group or stream; no
-    /// subscriber): the letter is kept, start the service and replay again; or [`Error::Redis`].
+    /// subscriber): the letter is kept, start the service and replay again; or [`Error::Transport`].
     pub async fn replay(&self, id: &str) -> Result<()> {
         let (key, entry, event) = self.locate(id)?;
         let mut conn = self.conn();
@@ -394,7 +382,7 @@ impl DeadLetters {
             .arg(entry)
             .query_async(&mut conn)
             .await
-            .map_err(Error::redis("XRANGE"))?;
+            .map_err(crate::transport::redis::errors::to_error("XRANGE"))?;
         let Some(found) = reply.ids.into_iter().next() else {
             return Err(Error::DeadLetterNotFound(id.to_owned()));
         };
@@ -434,7 +422,9 @@ impl DeadLetters {
         let code: i64 = REPLAY
             .run(&mut conn, &[&key, &stream], &args)
             .await
-            .map_err(Error::redis("EVALSHA (replay)"))?;
+            .map_err(crate::transport::redis::errors::to_error(
+                "EVALSHA (replay)",
+            ))?;
         match code {
             1 => {
                 tracing::info!(dead_letter = id, handler = %handler, "dead letter replayed");
@@ -485,7 +475,9 @@ impl DeadLetters {
         let receivers: i64 = REPLAY_BROADCAST
             .run(&mut conn, &[key], &args)
             .await
-            .map_err(Error::redis("EVALSHA (replay)"))?;
+            .map_err(crate::transport::redis::errors::to_error(
+                "EVALSHA (replay)",
+            ))?;
         match receivers {
             r if r < 0 => Err(Error::DeadLetterNotFound(id.to_owned())),
             0 => Err(Error::Replay {
@@ -505,7 +497,7 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`Error::DeadLetterNotFound`] or [`Error::Redis`].
+    /// [`Error::DeadLetterNotFound`] or [`Error::Transport`].
     pub async fn remove(&self, id: &str) -> Result<()> {
         let (key, entry, _) = self.locate(id)?;
         let mut conn = self.conn();
@@ -514,7 +506,7 @@ impl DeadLetters {
             .arg(entry)
             .query_async(&mut conn)
             .await
-            .map_err(Error::redis("XDEL"))?;
+            .map_err(crate::transport::redis::errors::to_error("XDEL"))?;
         if n == 0 {
             return Err(Error::DeadLetterNotFound(id.to_owned()));
         }
@@ -526,7 +518,7 @@ impl DeadLetters {
     ///
     /// # Errors
     ///
-    /// [`Error::Redis`] when Redis fails.
+    /// [`Error::Transport`] when Redis fails.
     pub async fn purge(&self) -> Result<usize> {
         let mut conn = self.conn();
         let mut total = 0;
@@ -539,7 +531,7 @@ impl DeadLetters {
                 .arg(&key)
                 .query_async(&mut conn)
                 .await
-                .map_err(Error::redis("DEL"))?;
+                .map_err(crate::transport::redis::errors::to_error("DEL"))?;
             total += len;
         }
         Ok(total)

@@ -9,26 +9,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Redis could not be reached at start-up.
+    /// The transport (Redis) could not be reached at start-up.
     #[error("cannot reach Redis at {url}: {hint}")]
-    Connect {
+    Unreachable {
         /// The URL, with any password replaced by `***`.
         url: String,
         /// What to do about it.
         hint: &'static str,
-        /// What the client reported.
+        /// What the transport reported.
         #[source]
-        source: redis::RedisError,
+        source: TransportError,
     },
 
-    /// A Redis command failed.
-    #[error("redis command {command} failed")]
-    Redis {
-        /// The command that failed.
-        command: &'static str,
-        /// What Redis or the client reported.
+    /// A transport operation (a Redis command) failed.
+    #[error("{op} failed ({})", source.kind())]
+    Transport {
+        /// The operation that failed, e.g. `XADD` or `XGROUP CREATE`.
+        op: &'static str,
+        /// What the transport reported; [`TransportError::kind`] says what kind of failure.
         #[source]
-        source: redis::RedisError,
+        source: TransportError,
     },
 
     /// The Redis ACL denied a command (`NOPERM`). Not retried: it will not pass by itself.
@@ -157,57 +157,41 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn redis(command: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
-        move |source| {
-            if source.code() == Some("NOPERM") {
-                Error::Permission {
-                    command,
-                    detail: source.detail().unwrap_or("NOPERM").to_owned(),
-                }
-            } else {
-                Error::Redis { command, source }
-            }
-        }
-    }
-
     /// Whether retrying the same call later may succeed: connection and timeout failures, and
     /// server answers that pass by themselves (`READONLY`/`MASTERDOWN` during a failover,
     /// `LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`); false for configuration, permission and
     /// encoding errors, and for `MOVED`/`ASK` (this client does not follow cluster redirects).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Redis { source, .. } | Error::Connect { source, .. } => is_transient(source),
+            Error::Transport { source, .. } | Error::Unreachable { source, .. } => {
+                source.is_transient()
+            }
             Error::Timeout { .. } => true,
             _ => false,
         }
     }
 
-    /// A start-up connection failure, with a hint that fits its cause.
-    pub(crate) fn connect(url: &str, source: redis::RedisError) -> Error {
-        let text = format!("{source:?}").to_ascii_lowercase();
-        let hint = if ["certificate", "tls", "unknownissuer", "handshake"]
-            .iter()
-            .any(|w| text.contains(w))
-        {
-            "the TLS handshake failed: check the CA file (EVENTBUS_TLS_CA_FILE) and, for mutual TLS, the client certificate (EVENTBUS_TLS_CERT_FILE, EVENTBUS_TLS_KEY_FILE)"
-        } else if matches!(source.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM")) {
-            "Redis refused the credentials: check the user and password in REDIS_URL"
-        } else {
-            "start redis-server there or set REDIS_URL"
-        };
-        Error::Connect {
-            url: crate::transport::redact(url),
-            hint,
-            source,
+    /// A failed transport operation: [`Error::Permission`] when an ACL denied it,
+    /// [`Error::Transport`] otherwise.
+    pub(crate) fn transport(op: &'static str) -> impl FnOnce(TransportError) -> Error {
+        move |source| {
+            if source.kind() == TransportErrorKind::Permission {
+                Error::Permission {
+                    command: op,
+                    detail: source.message().to_owned(),
+                }
+            } else {
+                Error::Transport { op, source }
+            }
         }
     }
 
-    /// As [`Error::redis`], naming the key in a permission error.
-    pub(crate) fn redis_key<'a>(
-        command: &'static str,
+    /// As [`Error::transport`], naming the key in a permission error.
+    pub(crate) fn transport_key<'a>(
+        op: &'static str,
         key: &'a str,
-    ) -> impl FnOnce(redis::RedisError) -> Error + 'a {
-        move |source| match Error::redis(command)(source) {
+    ) -> impl FnOnce(TransportError) -> Error + 'a {
+        move |source| match Error::transport(op)(source) {
             Error::Permission { command, detail } => Error::Permission {
                 command,
                 detail: format!("{detail}; key `{key}`"),
@@ -229,53 +213,136 @@ impl Error {
     }
 }
 
-/// Failures that a retry may get past: connection-level ones (I/O error, timeout, dropped or
-/// refused connection) and server answers that pass by themselves (`READONLY` and `MASTERDOWN`
-/// while the connection moves to the new primary, `LOADING`, `BUSY`, `TRYAGAIN`,
-/// `CLUSTERDOWN`). Classified by kind and code. `MOVED`/`ASK` are not: against a non-cluster
-/// client the same command would be redirected again, forever.
-pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.code(),
-            Some("READONLY" | "MASTERDOWN" | "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN")
-        )
+/// What kind of failure a [`TransportError`] is. Backends classify their errors into these by
+/// kind and code, never by message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportErrorKind {
+    /// The connection could not be opened, or was lost (I/O error, refused, dropped).
+    Connection,
+    /// No reply within the time limit.
+    Timeout,
+    /// The server cannot serve the command for a while: `READONLY`/`MASTERDOWN` during a
+    /// failover, `LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`.
+    Unavailable,
+    /// The server refused the credentials (`WRONGPASS`, `NOAUTH`).
+    Auth,
+    /// The ACL denied the command or key (`NOPERM`).
+    Permission,
+    /// The TLS handshake failed (certificate, CA, protocol).
+    Tls,
+    /// The consumer group or its stream does not exist (`NOGROUP`).
+    NoGroup,
+    /// A cluster redirect (`MOVED`, `ASK`) this connection does not follow.
+    Redirect,
+    /// The server refused the command for another reason (`WRONGTYPE`, `OOM`, a script error).
+    Rejected,
+    /// The client could not use the reply, or was misconfigured.
+    Client,
+    /// The transport was shut down, or the connection replaced, while the call was in flight.
+    Closed,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl TransportErrorKind {
+    /// A short lowercase name, e.g. `"connection"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportErrorKind::Connection => "connection",
+            TransportErrorKind::Timeout => "timeout",
+            TransportErrorKind::Unavailable => "unavailable",
+            TransportErrorKind::Auth => "auth",
+            TransportErrorKind::Permission => "permission",
+            TransportErrorKind::Tls => "tls",
+            TransportErrorKind::NoGroup => "no group",
+            TransportErrorKind::Redirect => "redirect",
+            TransportErrorKind::Rejected => "rejected",
+            TransportErrorKind::Client => "client",
+            TransportErrorKind::Closed => "closed",
+        }
+    }
+}
 
-    fn parsed(reply: &str) -> redis::RedisError {
-        match redis::parse_redis_value(reply.as_bytes()) {
-            Ok(redis::Value::ServerError(e)) => e.into(),
-            other => panic!("not a server error: {other:?}"),
+impl std::fmt::Display for TransportErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure of the transport under the bus (Redis, or the in-memory test transport), named
+/// without the backend's own types: a [`kind`](Self::kind), the server's error code when there
+/// is one, and the message.
+#[derive(Debug)]
+pub struct TransportError {
+    kind: TransportErrorKind,
+    code: Option<String>,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl TransportError {
+    /// A new error of `kind`.
+    pub(crate) fn new(kind: TransportErrorKind, message: impl Into<String>) -> TransportError {
+        TransportError {
+            kind,
+            code: None,
+            message: message.into(),
+            source: None,
         }
     }
 
-    #[test]
-    fn moved_and_ask_are_not_transient() {
-        assert!(!is_transient(&parsed("-MOVED 3999 127.0.0.1:6381\r\n")));
-        assert!(!is_transient(&parsed("-ASK 3999 127.0.0.1:6381\r\n")));
-        for reply in [
-            "-READONLY You can't write against a read only replica.\r\n",
-            "-MASTERDOWN Link with MASTER is down\r\n",
-            "-LOADING Redis is loading the dataset in memory\r\n",
-            "-BUSY Redis is busy running a script\r\n",
-            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
-            "-CLUSTERDOWN The cluster is down\r\n",
-        ] {
-            assert!(is_transient(&parsed(reply)), "{reply}");
-        }
-        assert!(!is_transient(&parsed("-NOPERM no permissions\r\n")));
-        assert!(!is_transient(&parsed(
-            "-WRONGTYPE Operation against a key\r\n"
-        )));
-        assert!(!is_transient(&parsed("-OOM command not allowed\r\n")));
-        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        assert!(is_transient(&io));
+    /// With the server's error code (e.g. `WRONGTYPE`).
+    pub(crate) fn with_code(mut self, code: impl Into<String>) -> TransportError {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// With the backend's own error as the source.
+    pub(crate) fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> TransportError {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> TransportErrorKind {
+        self.kind
+    }
+
+    /// The server's error code (the first word of a Redis error reply, e.g. `WRONGTYPE`), when
+    /// the server answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// What the transport reported.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether retrying later may succeed: connection loss, timeouts, and server answers that
+    /// pass by themselves ([`TransportErrorKind::Unavailable`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind,
+            TransportErrorKind::Connection
+                | TransportErrorKind::Timeout
+                | TransportErrorKind::Unavailable
+        )
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }

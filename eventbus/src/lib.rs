@@ -63,7 +63,7 @@ pub use config::{BusBuilder, Overflow};
 pub use context::Context;
 pub use dlq::{DeadLetter, DeadLetters};
 pub use envelope::EventId;
-pub use error::{Error, Result};
+pub use error::{Error, Result, TransportError, TransportErrorKind};
 pub use event::{Delivery, DomainEvent};
 pub use eventbus_derive::{DomainEvent, event_handler};
 pub use extract::{FromContext, State, States};

@@ -609,7 +609,7 @@ fn verdict(reply: Value) -> Verdict {
 /// # Errors
 ///
 /// [`Error::Permission`] listing every missing required permission and the minimal ACL;
-/// [`Error::Redis`] when the connection fails during the check.
+/// [`Error::Transport`] when the connection fails during the check.
 pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
     conn: &mut C,
     config: &Config,
@@ -617,7 +617,9 @@ pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
 ) -> Result<()> {
     let user: String = match redis::cmd("ACL").arg("WHOAMI").query_async(conn).await {
         Ok(user) => user,
-        Err(e) if crate::error::is_transient(&e) => return Err(Error::redis("ACL WHOAMI")(e)),
+        Err(e) if crate::transport::redis::errors::is_transient(&e) => {
+            return Err(crate::transport::redis::errors::to_error("ACL WHOAMI")(e));
+        }
         Err(e) => {
             skipped(&e);
             return Ok(());
@@ -640,7 +642,7 @@ pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
         .ignore_errors()
         .query_async(conn)
         .await
-        .map_err(Error::redis("ACL DRYRUN"))?;
+        .map_err(crate::transport::redis::errors::to_error("ACL DRYRUN"))?;
     let verdicts: Vec<Verdict> = replies.into_iter().map(verdict).collect();
     let failures = verdicts
         .iter()

@@ -403,7 +403,7 @@ pub(crate) async fn leave_group<C: ConnectionLike + Send>(
             Ok(Left::Removed(n))
         }
         Err(e) => {
-            if crate::error::is_transient(&e) {
+            if crate::transport::redis::errors::is_transient(&e) {
                 tracing::warn!(handler = group, consumer, error = %e, "cannot remove the consumer from its group (Redis unreachable); it stays, harmless");
             } else {
                 // The group is gone, or the ACL denies the script or DELCONSUMER (optional).

@@ -838,7 +838,7 @@ async fn a_wrong_ca_is_a_clear_startup_error() {
     let took = started.elapsed();
     let chain = error_chain(&err);
     println!("wrong CA ({took:?}): {chain}");
-    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
         text.contains(&server.url())
@@ -858,7 +858,7 @@ async fn a_wrong_ca_is_a_clear_startup_error() {
         .await
         .expect_err("untrusted without a CA file");
     println!("no CA: {}", error_chain(&err));
-    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
 
     // A CA file that does not exist is a configuration error naming the setting.
     let err = builder(&server.url(), &ns, &Notes::default())
@@ -888,7 +888,7 @@ async fn mutual_tls_with_a_client_certificate() {
         .await
         .expect_err("no client certificate");
     println!("mTLS without a client certificate: {}", error_chain(&err));
-    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
 
     let bus = builder(&server.url(), &ns, &notes)
         .tls_ca_file(files.ca_cert())

@@ -56,7 +56,7 @@ async fn unreachable_redis_names_the_url_without_its_password() {
         .await
         .expect_err("nothing listens there");
     let msg = err.to_string();
-    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     assert!(
         msg.contains(&format!("redis://app:***@127.0.0.1:{port}/0")),
         "names the redacted URL: {msg}"

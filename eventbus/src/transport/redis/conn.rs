@@ -247,7 +247,7 @@ impl SharedConn {
         let probe_clears = match error {
             None => true,
             Some(e) => {
-                is_connection_level(e)
+                super::errors::is_connection_level(e)
                     || (matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
                         && self.inner.hello.load(Ordering::Relaxed))
             }
@@ -255,7 +255,7 @@ impl SharedConn {
         if !probe_clears {
             self.inner.publish_failing.store(true, Ordering::Relaxed);
         }
-        if error.is_none_or(is_connection_level) {
+        if error.is_none_or(super::errors::is_connection_level) {
             self.inner.stats.connected.store(false, Ordering::Relaxed);
         }
         self.inner.stats.failed(message);
@@ -651,75 +651,6 @@ impl redis::aio::ConnectionLike for Unwatched {
     }
 }
 
-/// A connection-level failure: the command may not have reached Redis or its reply was lost
-/// (I/O error, timeout, dropped or refused connection), as opposed to an answer from the server.
-fn is_connection_level(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
-}
-
-/// Whether a connection that returned `e` must be dropped for a new one: it is pinned to a
-/// server that is no longer the primary (`READONLY`, `MASTERDOWN`, or `UNBLOCKED`, which a
-/// demoted primary sends to blocked clients before closing them), or it is broken (I/O error,
-/// timeout, dropped or refused, or a reply that does not parse). For the blocking readers'
-/// error path; the shared connection heals by itself ([`SharedConn::report`]).
-pub(crate) fn needs_new_connection(e: &redis::RedisError) -> bool {
-    matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "UNBLOCKED"))
-        || e.kind() == redis::ErrorKind::Parse
-        || e.is_unrecoverable_error()
-        || is_connection_level(e)
-}
-
-/// The stream of one event: `<ns>:{<event name>}` (hash tag: one Cluster slot per event).
-pub(crate) fn stream_key(namespace: &str, event: &str) -> String {
-    format!("{namespace}:{{{event}}}")
-}
-
-/// The dead letters of one event: `<ns>:{<event name>}:dlq`, in the stream's slot.
-pub(crate) fn dlq_key(namespace: &str, event: &str) -> String {
-    format!("{namespace}:{{{event}}}:dlq")
-}
-
-/// The charged attempts of one event's entries, per handler: `<ns>:{<event name>}:attempts`, in
-/// the stream's slot. A hash of [`attempts_field`] → attempts charged so far (failed attempts,
-/// and crashes caused while running alone). Written only on failure and redelivery paths, and
-/// deleted when the entry is acked or dead-lettered.
-pub(crate) fn attempts_key(namespace: &str, event: &str) -> String {
-    format!("{namespace}:{{{event}}}:attempts")
-}
-
-/// The field of one entry of one handler (consumer group) in [`attempts_key`]:
-/// `<entry id> <handler>` (handler names hold no whitespace).
-pub(crate) fn attempts_field(group: &str, entry_id: &str) -> String {
-    format!("{entry_id} {group}")
-}
-
-/// The event name in a dead-letter key, if it is one.
-pub(crate) fn event_of_dlq_key<'a>(namespace: &str, key: &'a str) -> Option<&'a str> {
-    key.strip_prefix(namespace)?
-        .strip_prefix(":{")?
-        .strip_suffix("}:dlq")
-}
-
-/// The Pub/Sub channel of a broadcast event: `<ns>:<event name>`. No braces, so it can never be
-/// mistaken for a stream key; channels are not keys and take no hash slot.
-pub(crate) fn channel_key(namespace: &str, event: &str) -> String {
-    format!("{namespace}:{event}")
-}
-
-/// The URL with any password replaced by `***`, for messages and logs.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://***@{host}"),
-    }
-}
-
 /// The TCP settings of every connection of the bus: keepalive ([`KEEPALIVE_IDLE`],
 /// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_RETRIES`]) and, on Linux, [`TCP_USER_TIMEOUT`]. Nagle's
 /// algorithm is left as redis-rs sets it.
@@ -749,7 +680,7 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 pub(crate) fn client(config: &Config) -> Result<Client> {
     let invalid = |source: redis::RedisError| Error::Config {
         key: "REDIS_URL",
-        value: redact(&config.redis_url),
+        value: crate::config::redact(&config.redis_url),
         hint: format!(
             "not a valid Redis URL ({source}); expected redis://[user:password@]host:port[/db]"
         ),
@@ -814,7 +745,8 @@ pub(crate) async fn shared(client: &Client, config: &Config) -> Result<SharedCon
     let probe_cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.connect_timeout));
-    let connect_error = |source| Error::connect(&config.redis_url, source);
+    let connect_error =
+        |source| crate::transport::redis::errors::unreachable(&config.redis_url, source);
     let mut probe = client
         .get_multiplexed_async_connection_with_config(&probe_cfg)
         .await
@@ -827,12 +759,16 @@ pub(crate) async fn shared(client: &Client, config: &Config) -> Result<SharedCon
     let mut conn = client
         .get_connection_manager_with_config(manager_config(config.connect_timeout))
         .await
-        .map_err(|source| Error::connect(&config.redis_url, source))?;
+        .map_err(|source| {
+            crate::transport::redis::errors::unreachable(&config.redis_url, source)
+        })?;
     // The connection manager connects lazily on some errors; make sure the server answers.
     redis::cmd("PING")
         .query_async::<()>(&mut conn)
         .await
-        .map_err(|source| Error::connect(&config.redis_url, source))?;
+        .map_err(|source| {
+            crate::transport::redis::errors::unreachable(&config.redis_url, source)
+        })?;
     let shared = SharedConn::new(conn, client.clone(), config);
     tokio::spawn(supervise(
         Arc::downgrade(&shared.inner),
@@ -863,23 +799,6 @@ pub(crate) async fn blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys() {
-        assert_eq!(
-            stream_key("events", "chat.created"),
-            "events:{chat.created}"
-        );
-        assert_eq!(
-            dlq_key("events", "chat.created"),
-            "events:{chat.created}:dlq"
-        );
-        assert_eq!(
-            event_of_dlq_key("events", "events:{chat.created}:dlq"),
-            Some("chat.created")
-        );
-        assert_eq!(event_of_dlq_key("events", "other:{chat.created}:dlq"), None);
-    }
 
     fn server_error(reply: &str) -> redis::RedisError {
         match redis::parse_redis_value(reply.as_bytes()) {
@@ -923,15 +842,5 @@ mod tests {
         assert_eq!(ms, [0, 100, 200, 400, 800, 1000, 1000]);
         assert_eq!(replace_backoff(u32::MAX), REPLACE_BACKOFF_MAX);
         const { assert!(REPLACED_CHECK.as_nanos() >= PROBE_INTERVAL.as_nanos()) };
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("redis://user:secret@host:6379"),
-            "redis://user:***@host:6379"
-        );
-        assert_eq!(redact("redis://:secret@host"), "redis://:***@host");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
     }
 }

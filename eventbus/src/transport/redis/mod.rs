@@ -1,0 +1,4 @@
+//! The Redis backend: the only place that names `redis::`.
+
+pub(crate) mod conn;
+pub(crate) mod errors;
