@@ -1,25 +1,25 @@
 //! [`Bus`]: publish events and run handlers; [`RunningBus`]: the handle for shutdown.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::transport::{Bounded, SharedConn};
-use tokio::time::Instant;
+use crate::publish::Publisher;
+use crate::transport::redis::coalesce::Coalescer;
+use crate::transport::{Route, SharedConn, Transport};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broadcast::Subscriber;
-use crate::coalesce::Coalescer;
 use crate::config::{BusBuilder, Config};
-use crate::dispatcher::Reader;
 use crate::dlq::DeadLetters;
-use crate::envelope::{self, EventId, Meta};
+use crate::envelope::{EventId, Meta};
 use crate::error::{Error, Result};
 use crate::event::{Delivery, DomainEvent};
-use crate::extract::States;
 use crate::handler::HandlerRegistration;
-use crate::health::{ConnStats, Health, Stats};
-use crate::{registry, transport};
+use crate::handler::registry;
+use crate::runtime::lane::Subscriber;
+use crate::runtime::stream::Reader;
+use crate::state::States;
+use crate::telemetry::{ConnStats, Health, Stats};
 
 /// An event bus over Redis: publishes events and runs the registered handlers.
 ///
@@ -46,8 +46,8 @@ pub struct Bus {
 
 #[derive(Debug)]
 pub(crate) struct BusInner {
-    pub(crate) config: Config,
-    pub(crate) client: redis::Client,
+    pub(crate) config: Arc<Config>,
+    pub(crate) transport: Transport,
     pub(crate) conn: SharedConn,
     pub(crate) handlers: Vec<&'static HandlerRegistration>,
     pub(crate) states: Arc<States>,
@@ -56,238 +56,6 @@ pub(crate) struct BusInner {
     /// after a possible crash) holds it exclusively, so it runs alone in the process and a crash
     /// during its run can only be its own.
     pub(crate) alone: Arc<tokio::sync::RwLock<()>>,
-}
-
-/// Writes envelopes; shared by the bus and every handler's [`Context`](crate::Context).
-#[derive(Clone, Debug)]
-pub(crate) struct Publisher {
-    conn: SharedConn,
-    coalescer: Coalescer,
-    namespace: Arc<str>,
-    source: Arc<str>,
-    max_len: Option<usize>,
-    max_payload: usize,
-    /// The bound on one publish call, retries included.
-    publish_timeout: Duration,
-}
-
-/// The retry schedule of one publish call: transient errors are retried, with the same ids,
-/// after 50 ms, 100 ms, 200 ms, ... (capped at [`PUBLISH_BACKOFF_MAX`]) until the call's
-/// `publish_timeout` passes.
-struct Retry {
-    delay: Duration,
-    /// The error of the attempt just retried, kept for a timeout's message.
-    last: Option<redis::RedisError>,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry {
-            delay: PUBLISH_BACKOFF_MIN,
-            last: None,
-        }
-    }
-}
-
-impl Retry {
-    /// Waits before the next attempt and returns true when `error` is worth retrying and the
-    /// next attempt can start before `deadline`; false otherwise (at once when not transient).
-    async fn wait(
-        &mut self,
-        event: &'static str,
-        error: &redis::RedisError,
-        deadline: Instant,
-    ) -> bool {
-        if !crate::transport::redis::errors::is_transient(error) {
-            return false;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left <= self.delay {
-            return false;
-        }
-        tracing::debug!(event_name = event, error = %error, delay = ?self.delay, "publish failed; retrying");
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(PUBLISH_BACKOFF_MAX);
-        true
-    }
-}
-
-/// Room reserved for one envelope in a new command; larger ones grow the buffer.
-const ENVELOPE_SIZE_HINT: usize = 512;
-
-impl Publisher {
-    /// Encodes one event and builds its command: `XADD` (durable) or `PUBLISH` (broadcast).
-    fn command<E: DomainEvent>(
-        &self,
-        key: &str,
-        head: &envelope::Head,
-        id: &EventId,
-        time: SystemTime,
-        event: &E,
-    ) -> Result<redis::Cmd> {
-        let mut cmd = redis::Cmd::with_capacity(8, 128 + key.len() + ENVELOPE_SIZE_HINT);
-        match E::DELIVERY {
-            Delivery::Durable => {
-                cmd.arg("XADD").arg(key);
-                if let Some(n) = self.max_len {
-                    cmd.arg("MAXLEN").arg("~").arg(n);
-                }
-                cmd.arg("*").arg(envelope::FIELD_ENVELOPE);
-            }
-            Delivery::Broadcast => {
-                cmd.arg("PUBLISH").arg(key);
-            }
-        }
-        let size = envelope::with_encoded(head, id, time, event, |json| {
-            if json.len() <= self.max_payload {
-                cmd.arg(json);
-            }
-            json.len()
-        })
-        .map_err(|source| Error::Encode {
-            event: E::NAME,
-            source,
-        })?;
-        if size > self.max_payload {
-            return Err(Error::PayloadTooLarge {
-                event: E::NAME,
-                size,
-                max: self.max_payload,
-            });
-        }
-        Ok(cmd)
-    }
-
-    /// The stream (durable) or channel (broadcast) of an event type.
-    fn key<E: DomainEvent>(&self) -> String {
-        match E::DELIVERY {
-            Delivery::Durable => transport::stream_key(&self.namespace, E::NAME),
-            Delivery::Broadcast => transport::channel_key(&self.namespace, E::NAME),
-        }
-    }
-
-    fn command_name<E: DomainEvent>() -> &'static str {
-        match E::DELIVERY {
-            Delivery::Durable => "XADD",
-            Delivery::Broadcast => "PUBLISH",
-        }
-    }
-
-    /// One event through the coalescer, bounded by `publish_timeout`. A retry after a transient
-    /// error encodes the event again with the same id (so the happy path never copies the
-    /// command).
-    pub(crate) async fn publish<E: DomainEvent>(&self, event: &E, meta: &Meta) -> Result<EventId> {
-        let key = self.key::<E>();
-        let head = envelope::Head::new::<E>(&self.source, meta);
-        let time = SystemTime::now();
-        let id = EventId::at(time);
-        let deadline = Instant::now() + self.publish_timeout;
-        let mut retry = Retry::default();
-        loop {
-            let cmd = self.command(&key, &head, &id, time, event)?;
-            let generation = self.conn.generation();
-            let error = match self
-                .conn
-                .bounded(self.coalescer.query(cmd), generation, Some(deadline))
-                .await
-            {
-                Bounded::Done(Ok(_)) => {
-                    self.conn.publish_succeeded();
-                    return Ok(id);
-                }
-                Bounded::Done(Err(e)) => e,
-                // Stuck on a connection that was replaced meanwhile: send it on the new one.
-                Bounded::Replaced => continue,
-                Bounded::Elapsed => return Err(self.timed_out::<E>(retry.last.take())),
-            };
-            if let Some(e) = self.give_up::<E>(&key, error, &mut retry, deadline).await {
-                return Err(e);
-            }
-        }
-    }
-
-    /// After a failed attempt: records it in health, then waits for the next attempt (`None`)
-    /// or returns the call's error.
-    async fn give_up<E: DomainEvent>(
-        &self,
-        key: &str,
-        error: redis::RedisError,
-        retry: &mut Retry,
-        deadline: Instant,
-    ) -> Option<Error> {
-        self.conn.publish_failed(
-            format!("publish of `{}` failed: {error}", E::NAME),
-            Some(&error),
-        );
-        if retry.wait(E::NAME, &error, deadline).await {
-            retry.last = Some(error);
-            return None;
-        }
-        if crate::transport::redis::errors::is_transient(&error) {
-            return Some(self.timed_out::<E>(Some(error)));
-        }
-        self.conn.count_publish_error();
-        Some(crate::transport::redis::errors::to_error_key(
-            Self::command_name::<E>(),
-            key,
-        )(error))
-    }
-
-    /// The error of a publish call whose `publish_timeout` passed.
-    fn timed_out<E: DomainEvent>(&self, last_error: Option<redis::RedisError>) -> Error {
-        let error = Error::Timeout {
-            operation: format!("publish of `{}`", E::NAME),
-            limit: self.publish_timeout,
-            last_error: last_error.map(|e| e.to_string()),
-        };
-        self.conn.publish_failed(error.to_string(), None);
-        self.conn.count_publish_error();
-        error
-    }
-
-    pub(crate) async fn publish_batch<E: DomainEvent>(
-        &self,
-        events: &[E],
-        meta: &Meta,
-    ) -> Result<Vec<EventId>> {
-        let mut ids = Vec::with_capacity(events.len());
-        let mut pipe = redis::Pipeline::with_capacity(events.len());
-        let key = self.key::<E>();
-        let head = envelope::Head::new::<E>(&self.source, meta);
-        // One clock reading for the batch: one publish time; the ids differ in their random bits.
-        let time = SystemTime::now();
-        for event in events {
-            let id = EventId::at(time);
-            // Not `.ignore()`d: that costs a hash insert per command, and the replies are
-            // dropped below all the same.
-            pipe.add_command(self.command(&key, &head, &id, time, event)?);
-            ids.push(id);
-        }
-        if ids.is_empty() {
-            return Ok(ids);
-        }
-        // Transient connection errors resend the same pipeline (same ids), so a retry after a
-        // lost reply may store an event twice, both copies carrying one id.
-        let deadline = Instant::now() + self.publish_timeout;
-        let mut retry = Retry::default();
-        loop {
-            let mut conn = self.conn.unwatched();
-            let generation = self.conn.generation();
-            let query = pipe.query_async::<redis::Value>(&mut conn);
-            let error = match self.conn.bounded(query, generation, Some(deadline)).await {
-                Bounded::Done(Ok(_)) => {
-                    self.conn.publish_succeeded();
-                    return Ok(ids);
-                }
-                Bounded::Done(Err(e)) => e,
-                Bounded::Replaced => continue,
-                Bounded::Elapsed => return Err(self.timed_out::<E>(retry.last.take())),
-            };
-            if let Some(e) = self.give_up::<E>(&key, error, &mut retry, deadline).await {
-                return Err(e);
-            }
-        }
-    }
 }
 
 impl Bus {
@@ -310,10 +78,10 @@ impl Bus {
         let all_handlers = registry::all_handlers()?;
         let states = Arc::new(builder.states.clone());
         let handlers = registry::select(&all_handlers, config.handlers.as_deref(), &states)?;
-        let client = transport::client(&config)?;
-        let mut conn = transport::shared(&client, &config).await?;
-        check_eviction(&mut conn, &config).await?;
-        crate::preflight::check_permissions(&mut conn, &config, &handlers).await?; // ops: ACL DRYRUN
+        let config = Arc::new(config);
+        let routes: Vec<Route> = handlers.iter().map(|h| h.route()).collect();
+        let transport = Transport::connect(config.clone(), &routes).await?;
+        let conn = transport.redis().conn.clone();
         let publisher = Publisher {
             coalescer: Coalescer::spawn(conn.clone()),
             conn: conn.clone(),
@@ -333,7 +101,7 @@ impl Bus {
         Ok(Bus {
             inner: Arc::new(BusInner {
                 config,
-                client,
+                transport,
                 conn,
                 handlers,
                 states,
@@ -497,44 +265,6 @@ impl Bus {
         let drained = running.shutdown().await;
         signal.and(drained)
     }
-}
-
-/// The wait before a publish's first retry; it doubles up to [`PUBLISH_BACKOFF_MAX`].
-const PUBLISH_BACKOFF_MIN: Duration = Duration::from_millis(50);
-
-/// The longest wait between two attempts of one publish.
-const PUBLISH_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Streams are the only copy of undelivered events: warn (or refuse) when Redis may evict them.
-async fn check_eviction(conn: &mut SharedConn, config: &Config) -> Result<()> {
-    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(conn)
-        .await;
-    let policy = match reply {
-        Ok(pair) => pair.into_iter().nth(1).unwrap_or_default(),
-        Err(e) => {
-            // Managed services and ACL users often may not run CONFIG: skip the check.
-            tracing::debug!(error = %e, "cannot read maxmemory-policy; eviction check skipped");
-            return Ok(());
-        }
-    };
-    if !policy.starts_with("allkeys-") {
-        return Ok(());
-    }
-    if config.refuse_eviction {
-        return Err(Error::config(
-            "maxmemory-policy",
-            policy,
-            "Redis may evict streams, losing events and consumer groups: set `maxmemory-policy noeviction` (or a volatile-* policy), or drop `refuse_evicting_redis`",
-        ));
-    }
-    tracing::warn!(
-        maxmemory_policy = %policy,
-        "Redis maxmemory-policy {policy} may evict event streams under memory pressure, losing events and consumer groups; use noeviction for an event bus"
-    );
-    Ok(())
 }
 
 async fn shutdown_signal() -> Result<()> {

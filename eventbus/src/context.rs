@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::bus::Publisher;
 use crate::envelope::{EventId, Meta};
 use crate::error::Result;
 use crate::event::DomainEvent;
-use crate::extract::States;
+use crate::publish::Publisher;
+use crate::state::States;
 
 /// What a handler knows about the delivery it runs for, and a way to publish follow-up events.
 ///

@@ -13,69 +13,14 @@ use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 use redis::streams::StreamRangeReply;
-use redis::{FromRedisValue, Script, ToRedisArgs, Value};
+use redis::{Script, Value};
 
 use crate::bus::BusInner;
 use crate::envelope::{self, EventId};
 use crate::error::{Error, Result};
-use crate::handler::HandlerRegistration;
-pub(crate) use crate::transport::settle::Written;
+use crate::transport::keys::EventKeys;
+use crate::transport::redis::script::{Lua, push};
 use crate::transport::{self, SharedConn};
-
-/// Why a delivery failed for good.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub(crate) event_id: Option<EventId>,
-    pub(crate) error: String,
-    /// Handler attempts made: 0 when the event was rejected before any.
-    pub(crate) attempts: u32,
-    /// The envelope as received (lossy UTF-8 when it was not UTF-8).
-    pub(crate) envelope: String,
-}
-
-/// The keys of one event that a dead-letter write touches. All three share the event's hash
-/// slot (`{<event>}`), so one script can use them in Redis Cluster too.
-#[derive(Debug, Clone)]
-pub(crate) struct DlqKeys {
-    /// The event stream, `<ns>:{<event>}` ([`transport::stream_key`]).
-    pub(crate) stream: String,
-    /// The dead letters, `<ns>:{<event>}:dlq` ([`transport::dlq_key`]).
-    pub(crate) dlq: String,
-    /// The charged attempts, `<ns>:{<event>}:attempts` ([`transport::attempts_key`]).
-    pub(crate) attempts: String,
-}
-
-impl DlqKeys {
-    /// The keys of `event` in `namespace`.
-    pub(crate) fn new(namespace: &str, event: &str) -> DlqKeys {
-        DlqKeys {
-            stream: transport::stream_key(namespace, event),
-            dlq: transport::dlq_key(namespace, event),
-            attempts: transport::attempts_key(namespace, event),
-        }
-    }
-}
-
-/// `write_letter` for a durable entry. KEYS: stream, dlq, attempts. ARGV: group, entry id,
-/// attempts field, then the dead letter's field/value pairs. Returns 1 (written) or 0 (the
-/// entry is not pending for the group: nothing written). When the `XADD` fails (`WRONGTYPE`,
-/// `OOM`, ...) the script stops with that error before the `XACK`: the original stays pending.
-const WRITE_LUA: &str = r#"
-local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if type(pending) == 'table' and pending.err then
-  if string.sub(pending.err, 1, 8) == 'NOGROUP ' then
-    return 0
-  end
-  return pending
-end
-if #pending == 0 then
-  return 0
-end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.pcall('HDEL', KEYS[3], ARGV[3])
-return 1
-"#;
 
 /// Durable replay. KEYS: dlq, stream. ARGV: letter entry id, handler (group), envelope,
 /// max length (`""` for none). Returns 1 (re-added, letter deleted), 0 (no such letter), -1 (no
@@ -125,16 +70,6 @@ end
 return receivers
 "#;
 
-/// A Lua script with its source (for `EVAL`) and hash (for `EVALSHA`).
-struct Lua {
-    source: &'static str,
-    script: LazyLock<Script>,
-}
-
-static WRITE: Lua = Lua {
-    source: WRITE_LUA,
-    script: LazyLock::new(|| Script::new(WRITE_LUA)),
-};
 static REPLAY: Lua = Lua {
     source: REPLAY_LUA,
     script: LazyLock::new(|| Script::new(REPLAY_LUA)),
@@ -143,107 +78,6 @@ static REPLAY_BROADCAST: Lua = Lua {
     source: REPLAY_BROADCAST_LUA,
     script: LazyLock::new(|| Script::new(REPLAY_BROADCAST_LUA)),
 };
-
-impl Lua {
-    /// `EVALSHA`, then `EVAL` when the server does not have the script cached (`NOSCRIPT`:
-    /// restarted, `SCRIPT FLUSH`, a failover to a replica that never saw it).
-    async fn run<T: FromRedisValue>(
-        &self,
-        conn: &mut SharedConn,
-        keys: &[&str],
-        args: &[Vec<u8>],
-    ) -> redis::RedisResult<T> {
-        let build = |name: &str, first: &str| {
-            let mut cmd = redis::cmd(name);
-            cmd.arg(first).arg(keys.len()).arg(keys).arg(args);
-            cmd
-        };
-        match build("EVALSHA", self.script.get_hash())
-            .query_async(conn)
-            .await
-        {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                build("EVAL", self.source).query_async(conn).await
-            }
-            other => other,
-        }
-    }
-}
-
-/// Appends `value` as one Redis argument.
-fn push(args: &mut Vec<Vec<u8>>, value: impl ToRedisArgs) {
-    args.extend(value.to_redis_args());
-}
-
-/// Writes one dead letter for `handler`.
-///
-/// - Durable entry (`ack` = `Some(entry id)`): one Lua script in the event's slot. If the entry
-///   is not pending for the handler's group (`XPENDING <stream> <group> <id> <id> 1` is empty),
-///   it writes nothing and returns [`Written::AlreadySettled`]: a retry after a lost reply, or a
-///   second consumer that exhausted the same entry, cannot write a second letter. Otherwise it
-///   `XADD`s the dead letter, `XACK`s the original and `HDEL`s its charged attempts
-///   ([`transport::attempts_field`]), and returns [`Written::Letter`]. When the `XADD` fails at
-///   run time (`WRONGTYPE`, `OOM`, ACL) the script stops before the `XACK` and this returns the
-///   error: the original stays pending, so retrying the call later is safe.
-/// - Broadcast (`ack` = `None`): a plain `XADD` of the letter; always [`Written::Letter`].
-///
-/// The dead letter's fields are `event_id event_name handler error attempts failed_at stream_id
-/// delivery envelope`, in that order (docs/WIRE.md).
-///
-/// # Errors
-///
-/// The Redis error; nothing was acked. Retry with backoff.
-pub(crate) async fn write_letter(
-    conn: &mut SharedConn,
-    keys: &DlqKeys,
-    handler: &HandlerRegistration,
-    ack: Option<&str>,
-    failure: &Failure,
-) -> redis::RedisResult<Written> {
-    let failed_at = crate::envelope::rfc3339_millis(SystemTime::now());
-    let event_id = failure.event_id.as_ref().map(EventId::as_str).unwrap_or("");
-    let (stream_id, delivery) = match ack {
-        Some(id) => (id, "durable"),
-        None => ("", "broadcast"),
-    };
-    let attempts = failure.attempts.to_string();
-    let fields: [(&str, &str); 9] = [
-        ("event_id", event_id),
-        ("event_name", handler.event_name),
-        ("handler", handler.name),
-        ("error", &failure.error),
-        ("attempts", &attempts),
-        ("failed_at", &failed_at),
-        ("stream_id", stream_id),
-        ("delivery", delivery),
-        ("envelope", &failure.envelope),
-    ];
-    let Some(id) = ack else {
-        let mut add = redis::cmd("XADD");
-        add.arg(&keys.dlq).arg("*");
-        for (name, value) in fields {
-            add.arg(name).arg(value);
-        }
-        add.query_async::<()>(conn).await?;
-        return Ok(Written::Letter);
-    };
-    let mut args = Vec::with_capacity(3 + 2 * fields.len());
-    push(&mut args, handler.name);
-    push(&mut args, id);
-    push(&mut args, transport::attempts_field(handler.name, id));
-    for (name, value) in fields {
-        push(&mut args, name);
-        push(&mut args, value);
-    }
-    let written: i64 = WRITE
-        .run(conn, &[&keys.stream, &keys.dlq, &keys.attempts], &args)
-        .await?;
-    Ok(if written == 1 {
-        Written::Letter
-    } else {
-        Written::AlreadySettled
-    })
-}
 
 /// One dead letter: an event a handler could not handle, with why.
 #[derive(Debug, Clone)]
@@ -406,7 +240,7 @@ impl DeadLetters {
                 .replay_broadcast(id, &key, entry, event, &raw, &handler)
                 .await;
         }
-        let DlqKeys { stream, .. } = DlqKeys::new(&self.bus.config.namespace, event);
+        let EventKeys { stream, .. } = EventKeys::new(&self.bus.config.namespace, event);
         let mut args = Vec::with_capacity(4);
         push(&mut args, entry);
         push(&mut args, &handler);
@@ -642,7 +476,7 @@ mod tests {
 
     #[test]
     fn dead_letter_keys_share_the_event_slot() {
-        let keys = DlqKeys::new("ns", "chat.created");
+        let keys = EventKeys::new("ns", "chat.created");
         assert_eq!(keys.stream, "ns:{chat.created}");
         assert_eq!(keys.dlq, "ns:{chat.created}:dlq");
         assert_eq!(keys.attempts, "ns:{chat.created}:attempts");

@@ -31,25 +31,31 @@
 
 extern crate self as eventbus;
 
-mod broadcast;
-mod bus;
-mod coalesce;
-mod config;
-mod context;
-mod dispatcher;
-mod dlq;
-mod envelope;
+// The layers (ARCHITECTURE.md; `tests/layers.rs` enforces them): a module imports only from
+// its own layer or below.
+// L0 vocabulary
 mod error;
 mod event;
+mod retry;
+mod state;
+// L1 wire format, settings, telemetry
+mod config;
+mod envelope;
+mod telemetry;
+// L2 the transport seam and its backends
+mod transport;
+// L3 the handler API
+mod context;
 mod extract;
 mod handler;
-mod health;
+mod publish;
+// L4 per-delivery logic
 mod pipeline;
-mod preflight;
-mod registry;
-mod retry;
-mod stream_checks;
-mod transport;
+// L5 scheduling
+mod runtime;
+// L6 facades
+mod bus;
+mod dlq;
 
 #[doc(hidden)]
 pub mod __private {
@@ -68,7 +74,7 @@ pub use event::{Delivery, DomainEvent};
 pub use eventbus_derive::{DomainEvent, event_handler};
 pub use extract::{FromContext, State, States};
 pub use handler::IntoHandlerResult;
-pub use health::{ConnectionHealth, Health, ReaderHealth};
+pub use telemetry::{ConnectionHealth, Health, ReaderHealth};
 
 /// The names most programs need: `use eventbus::prelude::*;`.
 pub mod prelude {

@@ -39,6 +39,29 @@ pub(crate) fn channel_key(namespace: &str, event: &str) -> String {
     format!("{namespace}:{event}")
 }
 
+/// The keys of one event that settling an entry touches. All three share the event's hash
+/// slot (`{<event>}`), so one script can use them in Redis Cluster too.
+#[derive(Debug, Clone)]
+pub(crate) struct EventKeys {
+    /// The event stream, `<ns>:{<event>}` ([`stream_key`]).
+    pub(crate) stream: String,
+    /// The dead letters, `<ns>:{<event>}:dlq` ([`dlq_key`]).
+    pub(crate) dlq: String,
+    /// The charged attempts, `<ns>:{<event>}:attempts` ([`attempts_key`]).
+    pub(crate) attempts: String,
+}
+
+impl EventKeys {
+    /// The keys of `event` in `namespace`.
+    pub(crate) fn new(namespace: &str, event: &str) -> EventKeys {
+        EventKeys {
+            stream: stream_key(namespace, event),
+            dlq: dlq_key(namespace, event),
+            attempts: attempts_key(namespace, event),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,9 @@
-//! The transport seam: neutral types every backend speaks, and the backends as children.
+//! The transport seam: neutral types every backend speaks, and [`Transport`], the enum over the
+//! backends, which are this module's children (`redis/`, and `memory/` behind the `testing`
+//! feature). Backends import only L0/L1 and this seam: never the handler API, pipeline or runtime.
+//!
+//! Enum dispatch, as tokio's `scheduler::Handle`: no boxing on the hot path, no type parameter
+//! on `Bus`.
 
 pub(crate) mod keys;
 pub(crate) mod redis;
@@ -7,3 +12,43 @@ pub(crate) mod source;
 
 pub(crate) use self::keys::*;
 pub(crate) use self::redis::conn::*;
+
+use crate::event::Delivery;
+
+/// What the bus runs, as the transport needs to know it: one route per selected handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// The handler's name: its consumer group.
+    pub(crate) handler: &'static str,
+    /// The event it handles.
+    pub(crate) event: &'static str,
+    /// How the event is delivered.
+    pub(crate) delivery: Delivery,
+}
+
+/// The backend under a bus.
+#[derive(Clone, Debug)]
+pub(crate) enum Transport {
+    /// Redis (a single primary, optionally behind TLS).
+    Redis(self::redis::Redis),
+}
+
+impl Transport {
+    /// Connects the backend `config` names (Redis at `redis_url`) and checks it can serve
+    /// `routes`.
+    pub(crate) async fn connect(
+        config: std::sync::Arc<crate::config::Config>,
+        routes: &[Route],
+    ) -> crate::error::Result<Transport> {
+        Ok(Transport::Redis(
+            self::redis::Redis::connect(config, routes).await?,
+        ))
+    }
+
+    /// The Redis backend. Transitional: callers move behind the seam's own methods.
+    pub(crate) fn redis(&self) -> &self::redis::Redis {
+        match self {
+            Transport::Redis(r) => r,
+        }
+    }
+}

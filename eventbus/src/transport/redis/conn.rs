@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::health::ConnStats;
+use crate::telemetry::ConnStats;
 
 /// How often the supervisor probes the shared connection (`HELLO`, or `PING` where `HELLO` is
 /// not available), whether or not the connection carries traffic: a publish-only bus that sees

@@ -24,8 +24,8 @@ use redis::aio::ConnectionLike;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::event::{Delivery, EventRegistration};
-use crate::handler::HandlerRegistration;
 use crate::transport;
+use crate::transport::Route;
 
 /// The rules of the minimal ACL, in the order the README lists them, without the key and channel
 /// patterns (`~<ns>:*`, `resetchannels &<ns>:*`). The last ones are optional.
@@ -491,7 +491,7 @@ impl Subject<'_> {
 pub(crate) fn plan(
     namespace: &str,
     consumer: &str,
-    handlers: &[&'static HandlerRegistration],
+    handlers: &[Route],
     events: &[(&'static str, Delivery)],
 ) -> Vec<Check> {
     let mut checks: Vec<Check> = Vec::new();
@@ -555,9 +555,9 @@ pub(crate) fn plan(
         let subject = Subject {
             namespace,
             consumer,
-            event: h.event_name,
-            group: h.name,
-            needed_by: format!("handler `{}`", h.name),
+            event: h.event,
+            group: h.handler,
+            needed_by: format!("handler `{}`", h.handler),
         };
         match h.delivery {
             Delivery::Durable => add(&subject, DURABLE),
@@ -613,7 +613,7 @@ fn verdict(reply: Value) -> Verdict {
 pub(crate) async fn check_permissions<C: ConnectionLike + Send>(
     conn: &mut C,
     config: &Config,
-    handlers: &[&'static HandlerRegistration],
+    handlers: &[Route],
 ) -> Result<()> {
     let user: String = match redis::cmd("ACL").arg("WHOAMI").query_async(conn).await {
         Ok(user) => user,
@@ -736,35 +736,22 @@ fn skipped(e: &redis::RedisError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handler::{HandlerOptions, HandlerRegistration};
 
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Durable;
-    impl crate::DomainEvent for Durable {
-        const NAME: &'static str = "d.ev";
-        const VERSION: u32 = 1;
-    }
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Loud;
-    impl crate::DomainEvent for Loud {
-        const NAME: &'static str = "b.ev";
-        const VERSION: u32 = 1;
-        const DELIVERY: Delivery = Delivery::Broadcast;
-    }
-
-    fn call(_: &serde_json::value::RawValue, _: crate::Context) -> crate::handler::CallResult {
-        Ok(Box::pin(async { Ok(()) }))
-    }
-    fn check(_: &crate::States) -> std::result::Result<(), crate::Error> {
-        Ok(())
-    }
-
-    static H1: HandlerRegistration =
-        HandlerRegistration::new::<Durable>("h1", HandlerOptions::new(), call, check, "f", 1);
-    static H2: HandlerRegistration =
-        HandlerRegistration::new::<Durable>("h2", HandlerOptions::new(), call, check, "f", 2);
-    static B1: HandlerRegistration =
-        HandlerRegistration::new::<Loud>("b1", HandlerOptions::new(), call, check, "f", 3);
+    const H1: Route = Route {
+        handler: "h1",
+        event: "d.ev",
+        delivery: Delivery::Durable,
+    };
+    const H2: Route = Route {
+        handler: "h2",
+        event: "d.ev",
+        delivery: Delivery::Durable,
+    };
+    const B1: Route = Route {
+        handler: "b1",
+        event: "b.ev",
+        delivery: Delivery::Broadcast,
+    };
 
     #[test]
     fn every_rule_checked_is_in_the_minimal_acl() {
@@ -805,7 +792,7 @@ mod tests {
 
     #[test]
     fn plans_real_keys_per_handler_and_deduplicates() {
-        let checks = plan("ns", "c1", &[&H1, &H2, &B1], &[]);
+        let checks = plan("ns", "c1", &[H1, H2, B1], &[]);
         let find = |args: &[&str]| {
             checks
                 .iter()

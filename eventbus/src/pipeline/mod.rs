@@ -12,12 +12,24 @@ use tracing::Instrument;
 
 use crate::bus::BusInner;
 use crate::context::{Context, Delivery};
-use crate::dlq::{self, DlqKeys, Failure, Written};
 use crate::envelope::{self, EventId};
 use crate::handler::HandlerRegistration;
-use crate::health::{Path, Stats};
 use crate::retry::RetryPolicy;
+use crate::telemetry::{Path, Stats};
+use crate::transport::keys::EventKeys;
+use crate::transport::settle::{Letter, Written};
 use crate::transport::{self, SharedConn};
+
+/// Why a delivery failed for good.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) event_id: Option<EventId>,
+    pub(crate) error: String,
+    /// Handler attempts made: 0 when the event was rejected before any.
+    pub(crate) attempts: u32,
+    /// The envelope as received (lossy UTF-8 when it was not UTF-8).
+    pub(crate) envelope: String,
+}
 
 /// How one delivery ended.
 pub(crate) enum Outcome {
@@ -80,7 +92,7 @@ pub(crate) struct Runner {
     pub(crate) bus: Arc<BusInner>,
     pub(crate) handler: &'static HandlerRegistration,
     pub(crate) policy: RetryPolicy,
-    pub(crate) keys: DlqKeys,
+    pub(crate) keys: EventKeys,
     pub(crate) stats: Arc<Stats>,
     /// The start of a graceful shutdown: no new attempt starts.
     pub(crate) cancel: CancellationToken,
@@ -115,7 +127,7 @@ impl Runner {
                 .timeout
                 .unwrap_or(bus.config.handler_timeout),
             cancel,
-            keys: DlqKeys::new(&bus.config.namespace, handler.event_name),
+            keys: EventKeys::new(&bus.config.namespace, handler.event_name),
             policy,
             stats: Arc::new(Stats::default()),
             bus,
@@ -379,7 +391,23 @@ impl Runner {
         );
         let mut delay = Duration::from_millis(100);
         loop {
-            match dlq::write_letter(conn, &self.keys, self.handler, ack, failure).await {
+            let letter = Letter {
+                event_id: failure.event_id.as_ref().map(EventId::as_str).unwrap_or(""),
+                event_name: self.handler.event_name,
+                handler: self.handler.name,
+                error: &failure.error,
+                attempts: failure.attempts,
+                envelope: &failure.envelope,
+            };
+            match crate::transport::redis::stream::settle::write_letter(
+                conn,
+                &self.keys,
+                self.handler.name,
+                ack,
+                &letter,
+            )
+            .await
+            {
                 Ok(Written::Letter) => {
                     Stats::add(&self.stats.dead_lettered, 1);
                     self.stats.clear(Path::DeadLetter);

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::extract::States;
 use crate::retry::RetryPolicy;
+use crate::state::States;
 
 /// The shortest visibility timeout. XAUTOCLAIM's min-idle counts whole milliseconds (below 1ms
 /// it is 0: every pending entry, running or not, is claimed at once), and an in-flight entry's

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use crate::config::{NAME_RULE, forbidden_char};
 use crate::error::{Error, Result};
 use crate::event::EventRegistration;
-use crate::extract::States;
 use crate::handler::HandlerRegistration;
+use crate::state::States;
 
 /// Every registered handler, sorted by name, after checking for duplicate handler names and
 /// duplicate event names.

@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::BusInner;
-use crate::dlq::Failure;
 use crate::envelope;
 use crate::error::Result;
 use crate::handler::HandlerRegistration;
-use crate::health::Path;
-use crate::health::Stats;
+use crate::pipeline::Failure;
 use crate::pipeline::{Charges, Marks, Outcome, Runner};
+use crate::telemetry::Path;
+use crate::telemetry::Stats;
 use crate::transport;
 use crate::transport::source::{Entry, parse_id};
 
@@ -150,8 +150,11 @@ impl Reader {
     }
 
     async fn reconnect(&mut self) -> redis::RedisResult<()> {
-        let mut conn =
-            transport::blocking(&self.shared.bus.client, &self.shared.bus.config).await?;
+        let mut conn = transport::blocking(
+            &self.shared.bus.transport.redis().client,
+            &self.shared.bus.config,
+        )
+        .await?;
         // Used to release a blocked read at shutdown; optional, since an ACL may deny CLIENT.
         let id: Option<i64> = redis::cmd("CLIENT")
             .arg("ID")
@@ -354,7 +357,7 @@ impl Shared {
     async fn leave_group(&self) {
         // ops: one server-side step, removes the consumer only when it has nothing pending.
         let mut conn = self.bus.conn.clone();
-        let _ = crate::stream_checks::leave_group(
+        let _ = crate::transport::redis::stream::checks::leave_group(
             &mut conn,
             &self.stream,
             self.handler.name,
@@ -833,7 +836,7 @@ async fn maintain(shared: Arc<Shared>) {
     // consumers' entries: they are known not to have started, and take one XPENDING to find.
     let takeover_interval = config.claim_interval.min(Duration::from_millis(500));
     let mut next_takeover = Instant::now();
-    let mut trim_watch = crate::stream_checks::TrimWatch::default();
+    let mut trim_watch = crate::transport::redis::stream::checks::TrimWatch::default();
     // While claims fail (an ACL edit, Redis down), both schedules back off up to 5 s: no storm.
     let mut failing_for = 0u32;
     let backoff = |interval: Duration, failures: u32| {
@@ -861,7 +864,7 @@ async fn maintain(shared: Arc<Shared>) {
         }
         if now >= next_claim && !shared.cancel.is_cancelled() {
             // Entries trimmed before this group read them (health `trimmed_unread`).
-            crate::stream_checks::check_trimmed(
+            crate::transport::redis::stream::checks::check_trimmed(
                 &mut shared.bus.conn.clone(),
                 &shared.stream,
                 shared.handler.name,

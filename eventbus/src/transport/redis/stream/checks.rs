@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
 
-use crate::health::Stats;
+use crate::telemetry::Stats;
 
 /// What [`unread_trimmed`] has already reported for one group, so each loss is reported once.
 #[derive(Debug, Default)]

@@ -1,5 +1,7 @@
 //! Handler registration: what `#[event_handler]` submits to the link-time registry.
 
+pub(crate) mod registry;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::context::Context;
 use crate::event::DomainEvent;
-use crate::extract::States;
+use crate::state::States;
 
 /// A boxed, sendable future, as returned by the generated handler shims.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -95,6 +97,15 @@ pub struct HandlerRegistration {
 }
 
 impl HandlerRegistration {
+    /// What the transport needs to know of this handler.
+    pub(crate) fn route(&self) -> crate::transport::Route {
+        crate::transport::Route {
+            handler: self.name,
+            event: self.event_name,
+            delivery: self.delivery,
+        }
+    }
+
     /// Called by `#[event_handler]` inside `inventory::submit!`.
     #[allow(clippy::too_many_arguments)]
     pub const fn new<E: DomainEvent>(

@@ -14,11 +14,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::BusInner;
 use crate::config::Overflow;
-use crate::dlq::Failure;
 use crate::error::Result;
 use crate::handler::HandlerRegistration;
-use crate::health::Stats;
+use crate::pipeline::Failure;
 use crate::pipeline::{Outcome, Runner};
+use crate::telemetry::Stats;
 use crate::transport;
 
 /// One received message. Every handler's queue holds the same allocation: a message is copied
@@ -187,7 +187,7 @@ impl Subscriber {
     pub(crate) async fn subscribe(&mut self) -> redis::RedisResult<()> {
         let limit = self.bus.config.connect_timeout;
         let subscribed = async {
-            let mut pubsub = self.bus.client.get_async_pubsub().await?;
+            let mut pubsub = self.bus.transport.redis().client.get_async_pubsub().await?;
             let mut channels: Vec<&String> = self.routes.keys().collect();
             channels.sort();
             pubsub.subscribe(channels).await?;
