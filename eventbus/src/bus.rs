@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pipeline::Env;
 use crate::publish::Publisher;
+use crate::runtime::Handles;
 use crate::transport::redis::coalesce::Coalescer;
 use crate::transport::{Route, SharedConn, Transport};
 use tokio_util::sync::CancellationToken;
@@ -50,12 +52,13 @@ pub(crate) struct BusInner {
     pub(crate) transport: Transport,
     pub(crate) conn: SharedConn,
     pub(crate) handlers: Vec<&'static HandlerRegistration>,
-    pub(crate) states: Arc<States>,
     pub(crate) publisher: Publisher,
     /// Every handler run in this process holds it shared; a suspect (an entry redelivered
     /// after a possible crash) holds it exclusively, so it runs alone in the process and a crash
     /// during its run can only be its own.
     pub(crate) alone: Arc<tokio::sync::RwLock<()>>,
+    /// What the runtime's components are given.
+    pub(crate) handles: Handles,
 }
 
 impl Bus {
@@ -98,15 +101,25 @@ impl Bus {
             registered = all_handlers.len(),
             "eventbus connected"
         );
+        let alone = Arc::new(tokio::sync::RwLock::new(()));
+        let handles = Handles {
+            env: Env {
+                config: config.clone(),
+                publisher: publisher.clone(),
+                states: states.clone(),
+            },
+            transport: transport.clone(),
+            alone: alone.clone(),
+        };
         Ok(Bus {
             inner: Arc::new(BusInner {
                 config,
                 transport,
                 conn,
                 handlers,
-                states,
                 publisher,
-                alone: Arc::new(tokio::sync::RwLock::new(())),
+                alone,
+                handles,
             }),
         })
     }
@@ -206,7 +219,7 @@ impl Bus {
             .partition(|h| h.delivery == Delivery::Broadcast);
         for handler in durable {
             let reader = Reader::new(
-                self.inner.clone(),
+                &self.inner.handles,
                 handler,
                 cancel.clone(),
                 abort.clone(),

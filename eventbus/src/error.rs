@@ -277,6 +277,8 @@ pub struct TransportError {
     code: Option<String>,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Set by the backend when the connection this happened on must be replaced.
+    reconnect: bool,
 }
 
 impl TransportError {
@@ -287,6 +289,7 @@ impl TransportError {
             code: None,
             message: message.into(),
             source: None,
+            reconnect: false,
         }
     }
 
@@ -303,6 +306,18 @@ impl TransportError {
     ) -> TransportError {
         self.source = Some(Box::new(source));
         self
+    }
+
+    /// Marks the connection it happened on as one to replace.
+    pub(crate) fn with_reconnect(mut self, reconnect: bool) -> TransportError {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Whether the connection it happened on must be replaced (lost, timed out, or pinned to a
+    /// server that is no longer the primary).
+    pub(crate) fn needs_new_connection(&self) -> bool {
+        self.reconnect
     }
 
     /// What kind of failure this is.

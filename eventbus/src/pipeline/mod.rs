@@ -10,15 +10,16 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bus::BusInner;
+use crate::config::Config;
 use crate::context::{Context, Delivery};
 use crate::envelope::{self, EventId};
+use crate::error::TransportError;
 use crate::handler::HandlerRegistration;
+use crate::publish::Publisher;
 use crate::retry::RetryPolicy;
+use crate::state::States;
 use crate::telemetry::{Path, Stats};
-use crate::transport::keys::EventKeys;
-use crate::transport::settle::{Letter, Written};
-use crate::transport::{self, SharedConn};
+use crate::transport::stream::Stream;
 
 /// Why a delivery failed for good.
 #[derive(Debug)]
@@ -50,26 +51,27 @@ pub(crate) enum Outcome {
 }
 
 /// Where a durable entry's charged attempts are kept: a field of the event's attempts hash
-/// (`<ns>:{<event>}:attempts`, in the stream's slot). Written only on failure and redelivery
-/// paths: a fresh entry that succeeds at once writes nothing.
+/// (`<ns>:{<event>}:attempts`, in the stream's slot), through the transport seam. Written only
+/// on failure and redelivery paths: a fresh entry that succeeds at once writes nothing.
 pub(crate) struct Marks<'a> {
-    pub(crate) conn: &'a SharedConn,
-    pub(crate) key: &'a str,
-    pub(crate) group: &'a str,
+    pub(crate) stream: &'a Stream,
     pub(crate) entry_id: &'a str,
 }
 
 impl Marks<'_> {
-    /// `HINCRBY key field by`.
-    async fn add(&self, by: i64) -> redis::RedisResult<i64> {
-        let mut conn = self.conn.clone();
-        redis::cmd("HINCRBY")
-            .arg(self.key)
-            .arg(transport::attempts_field(self.group, self.entry_id))
-            .arg(by)
-            .query_async(&mut conn)
-            .await
+    /// Adds `by` charged attempts.
+    async fn add(&self, by: i64) -> Result<i64, TransportError> {
+        self.stream.charge(self.entry_id, by).await
     }
+}
+
+/// What the pipeline's runs need of the bus: its settings, and what a handler's
+/// [`Context`] hands out (the publisher, the states).
+#[derive(Clone, Debug)]
+pub(crate) struct Env {
+    pub(crate) config: Arc<Config>,
+    pub(crate) publisher: Publisher,
+    pub(crate) states: Arc<States>,
 }
 
 /// What the pipeline knows of a delivery's history and where to record new charges.
@@ -89,10 +91,9 @@ pub(crate) struct Charges<'a> {
 
 /// One handler's pipeline, shared by every run of it.
 pub(crate) struct Runner {
-    pub(crate) bus: Arc<BusInner>,
+    pub(crate) env: Env,
     pub(crate) handler: &'static HandlerRegistration,
     pub(crate) policy: RetryPolicy,
-    pub(crate) keys: EventKeys,
     pub(crate) stats: Arc<Stats>,
     /// The start of a graceful shutdown: no new attempt starts.
     pub(crate) cancel: CancellationToken,
@@ -104,12 +105,12 @@ pub(crate) struct Runner {
 
 impl Runner {
     pub(crate) fn new(
-        bus: Arc<BusInner>,
+        env: &Env,
         handler: &'static HandlerRegistration,
         cancel: CancellationToken,
         abort: CancellationToken,
     ) -> Runner {
-        let defaults = &bus.config.retry;
+        let defaults = &env.config.retry;
         let backoff = handler.options.backoff.unwrap_or(defaults.backoff);
         let policy = RetryPolicy {
             retries: handler.options.retries.unwrap_or(defaults.retries),
@@ -125,12 +126,11 @@ impl Runner {
             timeout: handler
                 .options
                 .timeout
-                .unwrap_or(bus.config.handler_timeout),
+                .unwrap_or(env.config.handler_timeout),
             cancel,
-            keys: EventKeys::new(&bus.config.namespace, handler.event_name),
             policy,
             stats: Arc::new(Stats::default()),
-            bus,
+            env: env.clone(),
             handler,
             abort,
         }
@@ -141,7 +141,7 @@ impl Runner {
         self.handler
             .options
             .concurrency
-            .unwrap_or(self.bus.config.concurrency)
+            .unwrap_or(self.env.config.concurrency)
             .max(1) as usize
     }
 
@@ -162,14 +162,14 @@ impl Runner {
                 envelope: String::from_utf8_lossy(raw).into_owned(),
             })
         };
-        if raw.len() > self.bus.config.max_payload {
+        if raw.len() > self.env.config.max_payload {
             return reject(
                 None,
                 &raw[..raw.len().min(4096)],
                 format!(
                     "envelope is {} bytes, more than the maximum payload of {}",
                     raw.len(),
-                    self.bus.config.max_payload
+                    self.env.config.max_payload
                 ),
             );
         }
@@ -221,8 +221,8 @@ impl Runner {
             correlation_id: env.correlation_id.clone(),
             causation_id: env.causation_id.clone(),
             handler: handler.name,
-            publisher: self.bus.publisher.clone(),
-            states: self.bus.states.clone(),
+            publisher: self.env.publisher.clone(),
+            states: self.env.states.clone(),
         });
         let mut last_error = String::new();
         for attempt in charges.before.saturating_add(1)..=attempts {
@@ -367,86 +367,6 @@ impl Runner {
                         () = self.abort.cancelled() => return false,
                     }
                     delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    }
-
-    /// Writes the dead letter, and for a durable entry acks it in the same transaction. While that
-    /// fails (ACL, OOM, Redis down) a durable original stays pending, unacked; the write is
-    /// retried with backoff until it succeeds or shutdown abandons it.
-    pub(crate) async fn dead_letter(
-        &self,
-        conn: &mut SharedConn,
-        ack: Option<&str>,
-        failure: &Failure,
-    ) {
-        tracing::error!(
-            handler = self.handler.name,
-            event_name = self.handler.event_name,
-            event_id = failure.event_id.as_ref().map(EventId::as_str).unwrap_or(""),
-            attempts = failure.attempts,
-            error = %failure.error,
-            "event dead-lettered"
-        );
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let letter = Letter {
-                event_id: failure.event_id.as_ref().map(EventId::as_str).unwrap_or(""),
-                event_name: self.handler.event_name,
-                handler: self.handler.name,
-                error: &failure.error,
-                attempts: failure.attempts,
-                envelope: &failure.envelope,
-            };
-            match crate::transport::redis::stream::settle::write_letter(
-                conn,
-                &self.keys,
-                self.handler.name,
-                ack,
-                &letter,
-            )
-            .await
-            {
-                Ok(Written::Letter) => {
-                    Stats::add(&self.stats.dead_lettered, 1);
-                    self.stats.clear(Path::DeadLetter);
-                    return;
-                }
-                Ok(Written::AlreadySettled) => {
-                    tracing::info!(
-                        handler = self.handler.name,
-                        "the entry was already settled (acked or dead-lettered elsewhere, or by an earlier try whose reply was lost): no second dead letter"
-                    );
-                    if let Some(id) = ack {
-                        // A charge this run wrote after the entry was settled elsewhere.
-                        let _ = redis::cmd("HDEL")
-                            .arg(&self.keys.attempts)
-                            .arg(transport::attempts_field(self.handler.name, id))
-                            .query_async::<i64>(conn)
-                            .await;
-                    }
-                    self.stats.clear(Path::DeadLetter);
-                    return;
-                }
-                Err(e) => {
-                    Stats::add(&self.stats.dead_letter_errors, 1);
-                    self.stats.set(
-                        Path::DeadLetter,
-                        Some(format!("cannot write dead letter: {e}")),
-                    );
-                    tracing::error!(
-                        handler = self.handler.name,
-                        dlq = %self.keys.dlq,
-                        error = %e,
-                        retry_in = ?delay,
-                        "cannot write dead letter; the event stays pending (not acked) and the write is retried"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.abort.cancelled() => return,
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }

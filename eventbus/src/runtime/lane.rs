@@ -145,7 +145,7 @@ impl Subscriber {
         for handler in handlers {
             // Broadcast queues drain at shutdown (nothing would redeliver them): no cancel token.
             let runner = Arc::new(Runner::new(
-                bus.clone(),
+                &bus.handles.env,
                 handler,
                 CancellationToken::new(),
                 abort.clone(),
@@ -394,10 +394,14 @@ impl Subscriber {
             .into_owned(),
         };
         let lanes = lanes.to_vec();
-        let mut conn = self.bus.conn.clone();
+        let transport = self.bus.transport.clone();
+        let namespace = self.bus.config.namespace.clone();
+        let consumer = self.bus.config.consumer.clone();
         self.tracker.spawn(async move {
             for lane in &lanes {
-                lane.runner.dead_letter(&mut conn, None, &failure).await;
+                let h = lane.runner.handler;
+                let stream = transport.stream(&namespace, h.event_name, h.name, &consumer);
+                crate::runtime::settle::dead_letter(&lane.runner, &stream, None, &failure).await;
             }
             drop(permit);
         });
@@ -462,7 +466,13 @@ async fn work(
             break;
         };
         let lane = lane.clone();
-        let mut conn = bus.conn.clone();
+        let h = lane.runner.handler;
+        let stream = bus.transport.stream(
+            &bus.config.namespace,
+            h.event_name,
+            h.name,
+            &bus.config.consumer,
+        );
         let alone = bus.alone.clone();
         tracker.spawn(async move {
             // Shared with every other run of the process; a durable suspect runs alone.
@@ -470,7 +480,7 @@ async fn work(
             match lane.runner.run(&item, 1).await {
                 Outcome::Ack => Stats::add(&lane.runner.stats.handled, 1),
                 Outcome::DeadLetter(failure) => {
-                    lane.runner.dead_letter(&mut conn, None, &failure).await
+                    crate::runtime::settle::dead_letter(&lane.runner, &stream, None, &failure).await
                 }
                 Outcome::Skip | Outcome::Lost | Outcome::Abandoned | Outcome::Released => {}
             }

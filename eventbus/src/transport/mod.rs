@@ -9,6 +9,7 @@ pub(crate) mod keys;
 pub(crate) mod redis;
 pub(crate) mod settle;
 pub(crate) mod source;
+pub(crate) mod stream;
 
 pub(crate) use self::keys::*;
 pub(crate) use self::redis::conn::*;

@@ -5,33 +5,34 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::transport::SharedConn;
-use redis::Value;
-use redis::aio::MultiplexedConnection;
-use redis::streams::StreamPendingCountReply;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::BusInner;
+use crate::config::Config;
 use crate::envelope;
 use crate::error::Result;
+use crate::error::{TransportError, TransportErrorKind};
 use crate::handler::HandlerRegistration;
 use crate::pipeline::Failure;
 use crate::pipeline::{Charges, Marks, Outcome, Runner};
+use crate::runtime::Handles;
+use crate::runtime::settle::dead_letter;
 use crate::telemetry::Path;
 use crate::telemetry::Stats;
-use crate::transport;
-use crate::transport::source::{Entry, parse_id};
+use crate::transport::source::Entry;
+use crate::transport::stream::{ReadFrom, Reading, Stream, TrimWatch};
 
 /// What one reader shares with the tasks it spawns.
 struct Shared {
     runner: Runner,
-    bus: Arc<BusInner>,
+    config: Arc<Config>,
+    /// The handler's consumer group on its event's stream.
+    stream: Stream,
+    /// The process-wide lock suspects run under (see [`Handles::alone`]).
+    alone: Arc<tokio::sync::RwLock<()>>,
     handler: &'static HandlerRegistration,
-    stream: String,
-    consumer: String,
     /// Handler runs in flight (the handler's concurrency). FIFO: entries claimed from silent
     /// consumers queue for it ahead of entries read later.
     running: Arc<Semaphore>,
@@ -44,8 +45,6 @@ struct Shared {
     /// Entries to acknowledge, batched by [`ack_loop`], each with its prefetch-window permit
     /// (released only once the ack lands: while acks fail, the reader stops taking entries).
     acks: mpsc::UnboundedSender<Settled>,
-    /// The event's attempts hash (`<ns>:{<event>}:attempts`).
-    marks_key: String,
     /// Entries that shutdown kept from starting: handed back to the group at once.
     handback: Mutex<Vec<String>>,
     /// Gets a permit once the first check for entries trimmed before they were read has run:
@@ -64,52 +63,52 @@ struct Shared {
 /// The reader of one durable handler.
 pub(crate) struct Reader {
     shared: Arc<Shared>,
-    /// The dedicated blocking connection and its `CLIENT ID` (when the ACL allows asking).
-    conn: Option<(MultiplexedConnection, Option<i64>)>,
+    /// The dedicated connection for blocking reads.
+    conn: Option<Reading>,
 }
 
 impl Reader {
     pub(crate) fn new(
-        bus: Arc<BusInner>,
+        handles: &Handles,
         handler: &'static HandlerRegistration,
         cancel: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
     ) -> Reader {
-        let runner = Runner::new(bus.clone(), handler, cancel.clone(), abort.clone());
+        let config = handles.env.config.clone();
+        let runner = Runner::new(&handles.env, handler, cancel.clone(), abort.clone());
+        let stream = handles.transport.stream(
+            &config.namespace,
+            handler.event_name,
+            handler.name,
+            &config.consumer,
+        );
         let inflight = Arc::new(Mutex::new(HashSet::new()));
         let (acks, rx) = mpsc::unbounded_channel();
-        let marks_key = transport::attempts_key(&bus.config.namespace, handler.event_name);
         tracker.spawn(ack_loop(
             rx,
-            bus.conn.clone(),
-            transport::stream_key(&bus.config.namespace, handler.event_name),
-            marks_key.clone(),
-            handler.name,
+            stream.clone(),
             inflight.clone(),
             runner.stats.clone(),
             abort.clone(),
         ));
         let shared = Shared {
-            stream: transport::stream_key(&bus.config.namespace, handler.event_name),
-            consumer: bus.config.consumer.clone(),
             running: Arc::new(Semaphore::new(runner.concurrency())),
             // Runs in flight, a batch read ahead, and a batch whose acks are in flight: entries
             // keep their permit until their ack lands, so reads stay full batches while one
             // XACK is out, and stop when acks fail.
-            window: Arc::new(Semaphore::new(
-                runner.concurrency() + 2 * bus.config.batch_size,
-            )),
-            inflight: inflight.clone(),
+            window: Arc::new(Semaphore::new(runner.concurrency() + 2 * config.batch_size)),
+            inflight,
             acks,
-            marks_key,
             handback: Mutex::new(Vec::new()),
             first_trim_check: Semaphore::new(0),
             own_pending_read: std::sync::atomic::AtomicBool::new(false),
             stats: runner.stats.clone(),
             runner,
+            config,
+            stream,
+            alone: handles.alone.clone(),
             handler,
-            bus,
             cancel,
             tracker,
             reader_done: std::sync::atomic::AtomicBool::new(false),
@@ -129,39 +128,33 @@ impl Reader {
         (self.group(), self.shared.stats.clone())
     }
 
-    /// `XGROUP CREATE <stream> <handler> 0 MKSTREAM`: a new group starts at the beginning of the
-    /// stream, so events published before the handler's first start are handled too.
+    /// Creates the handler's consumer group unless it exists: a new group starts at the beginning
+    /// of the stream, so events published before the handler's first start are handled too.
     pub(crate) async fn ensure_group(&self) -> Result<()> {
-        let mut conn = self.shared.bus.conn.clone();
-        ensure_group(&mut conn, &self.shared.stream, self.group())
+        self.shared
+            .stream
+            .ensure_group()
             .await
-            .map_err(crate::transport::redis::errors::to_error_key(
+            .map_err(crate::error::Error::transport_key(
                 "XGROUP CREATE",
-                &self.shared.stream,
+                &self.shared.stream.keys.stream,
             ))
     }
 
     /// Opens the dedicated connection for blocking reads.
     pub(crate) async fn connect(mut self) -> Result<Reader> {
-        self.reconnect().await.map_err(|source| {
-            crate::transport::redis::errors::unreachable(&self.shared.bus.config.redis_url, source)
-        })?;
+        self.reconnect()
+            .await
+            .map_err(|source| crate::error::Error::Unreachable {
+                url: crate::config::redact(&self.shared.config.redis_url),
+                hint: "start redis-server there or set REDIS_URL",
+                source,
+            })?;
         Ok(self)
     }
 
-    async fn reconnect(&mut self) -> redis::RedisResult<()> {
-        let mut conn = transport::blocking(
-            &self.shared.bus.transport.redis().client,
-            &self.shared.bus.config,
-        )
-        .await?;
-        // Used to release a blocked read at shutdown; optional, since an ACL may deny CLIENT.
-        let id: Option<i64> = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .ok();
-        self.conn = Some((conn, id));
+    async fn reconnect(&mut self) -> std::result::Result<(), TransportError> {
+        self.conn = Some(self.shared.stream.reader().await?);
         self.shared
             .stats
             .connected
@@ -172,7 +165,7 @@ impl Reader {
     /// The read loop; ends on shutdown.
     pub(crate) async fn run(mut self) {
         let shared = self.shared.clone();
-        let config = &shared.bus.config;
+        let config = shared.config.clone();
         let stats = &shared.stats;
         let mut retry_delay = Duration::from_millis(100);
         // Start by re-reading our own pending entries (a restart under a stable consumer name,
@@ -214,8 +207,11 @@ impl Reader {
             let count = config.batch_size.min(1 + shared.window.available_permits());
             let block = config.block_time.max(Duration::from_millis(1));
             let result = match &pending_cursor {
-                Some(cursor) => self.read(cursor.clone(), count, None).await,
-                None => self.read(">".to_owned(), count, Some(block)).await,
+                Some(cursor) => {
+                    self.read(ReadFrom::PendingAfter(cursor.clone()), count, None)
+                        .await
+                }
+                None => self.read(ReadFrom::New, count, Some(block)).await,
             };
             match result {
                 Ok(entries) => {
@@ -252,24 +248,23 @@ impl Reader {
                     drop(first);
                     Stats::add(&stats.read_errors, 1);
                     stats.set_error(Some(e.to_string()));
-                    if e.code() == Some("NOGROUP") {
-                        tracing::warn!(handler = self.group(), stream = %shared.stream, "consumer group or stream is gone; recreating it");
-                        let mut conn = shared.bus.conn.clone();
-                        match ensure_group(&mut conn, &shared.stream, self.group()).await {
+                    if e.kind() == TransportErrorKind::NoGroup {
+                        tracing::warn!(handler = self.group(), stream = %shared.stream.keys.stream, "consumer group or stream is gone; recreating it");
+                        match shared.stream.ensure_group().await {
                             Ok(()) => Stats::add(&stats.groups_recreated, 1),
                             Err(e) => {
                                 tracing::warn!(handler = self.group(), error = %e, "cannot recreate consumer group");
                             }
                         }
                         pending_cursor = Some("0".to_owned());
-                    } else if e.code() == Some("NOPERM") {
+                    } else if e.kind() == TransportErrorKind::Permission {
                         tracing::error!(
                             handler = self.group(),
-                            stream = %shared.stream,
+                            stream = %shared.stream.keys.stream,
                             error = %e,
                             "permission denied by the Redis ACL: grant this user the namespace's keys and the stream commands (see the README's ACL section)"
                         );
-                    } else if transport::redis::errors::needs_new_connection(&e) {
+                    } else if e.needs_new_connection() {
                         tracing::warn!(handler = self.group(), error = %e, "reader connection lost; reconnecting");
                         self.conn = None;
                         stats
@@ -303,50 +298,19 @@ impl Reader {
         }
     }
 
-    /// One XREADGROUP. When shutdown interrupts a blocking read, the server is asked to unblock
-    /// it (`CLIENT UNBLOCK`), and whatever it had already delivered is still handled.
+    /// One read on the reader's own connection (released at shutdown: what it had already
+    /// delivered is still handled).
     async fn read(
         &mut self,
-        id: String,
+        from: ReadFrom,
         count: usize,
         block: Option<Duration>,
-    ) -> redis::RedisResult<Vec<Entry>> {
-        let Some((conn, client_id)) = self.conn.as_mut() else {
+    ) -> std::result::Result<Vec<Entry>, TransportError> {
+        let Some(conn) = self.conn.as_mut() else {
             return Ok(Vec::new());
         };
-        let client_id = *client_id;
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(self.shared.handler.name)
-            .arg(&self.shared.consumer)
-            .arg("COUNT")
-            .arg(count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK")
-                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
-        }
-        cmd.arg("STREAMS").arg(&self.shared.stream).arg(id);
-        let read = cmd.query_async::<Value>(conn);
-        tokio::pin!(read);
-        if self.shared.cancel.is_cancelled() {
-            return Ok(Vec::new());
-        }
-        let reply = tokio::select! {
-            biased;
-            r = &mut read => r,
-            () = self.shared.cancel.cancelled() => {
-                if let Some(client_id) = client_id {
-                    let mut shared_conn = self.shared.bus.conn.clone();
-                    let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query_async::<i64>(&mut shared_conn).await;
-                }
-                let grace = self.shared.bus.config.block_time + Duration::from_secs(1);
-                match tokio::time::timeout(grace, read).await {
-                    Ok(r) => r,
-                    Err(_) => Ok(Value::Nil),
-                }
-            }
-        }?;
-        Ok(parse_read_reply(reply))
+        conn.read(&self.shared.stream, from, count, block, &self.shared.cancel)
+            .await
     }
 }
 
@@ -355,19 +319,11 @@ impl Shared {
     /// so per-process consumer names do not pile up in the group. A consumer that still has
     /// pending entries (an ack that did not land) stays, so they can be claimed.
     async fn leave_group(&self) {
-        // ops: one server-side step, removes the consumer only when it has nothing pending.
-        let mut conn = self.bus.conn.clone();
-        let _ = crate::transport::redis::stream::checks::leave_group(
-            &mut conn,
-            &self.stream,
-            self.handler.name,
-            &self.consumer,
-        )
-        .await;
+        self.stream.leave_group().await;
     }
 
     /// Counts and reports a failed claim (of a silent consumer's or handed-back entries).
-    fn claim_failed(&self, e: &redis::RedisError) {
+    fn claim_failed(&self, e: &TransportError) {
         Stats::add(&self.stats.claim_errors, 1);
         self.stats
             .set(Path::Claim, Some(format!("cannot claim entries: {e}")));
@@ -377,7 +333,7 @@ impl Shared {
     /// How many entries this reader may hold at once (plus a page of claims): the count for
     /// XPENDING queries over a range of our own pending entries, so none is cut off.
     fn window_capacity(&self) -> usize {
-        self.runner.concurrency() + self.bus.config.batch_size * 3
+        self.runner.concurrency() + self.config.batch_size * 3
     }
 
     /// Renews the lease of every entry running here: `XCLAIM ... JUSTID` resets its idle time
@@ -389,46 +345,18 @@ impl Shared {
             .lock()
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        let (Some(min), Some(max)) = (
-            ids.iter().min_by_key(|id| parse_id(id)),
-            ids.iter().max_by_key(|id| parse_id(id)),
-        ) else {
+        if ids.is_empty() {
             return;
-        };
-        let mut conn = self.bus.conn.clone();
+        }
         // Renew only what this consumer still owns: an entry another consumer claimed while
         // this one was frozen is theirs now.
-        let owned: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
-            .arg(&self.stream)
-            .arg(self.handler.name)
-            .arg(min)
-            .arg(max)
-            .arg(ids.len() + self.window_capacity())
-            .arg(&self.consumer)
-            .query_async(&mut conn)
-            .await;
-        let result = match owned {
+        let result = match self.stream.owned(&ids, self.window_capacity()).await {
             Ok(owned) => {
-                let wanted: HashSet<&String> = ids.iter().collect();
-                let mine: Vec<&String> = owned
-                    .ids
-                    .iter()
-                    .map(|p| &p.id)
-                    .filter(|id| wanted.contains(id))
-                    .collect();
+                let mine: Vec<String> = ids.into_iter().filter(|id| owned.contains(id)).collect();
                 if mine.is_empty() {
                     return;
                 }
-                redis::cmd("XCLAIM")
-                    .arg(&self.stream)
-                    .arg(self.handler.name)
-                    .arg(&self.consumer)
-                    .arg(0)
-                    .arg(&mine)
-                    .arg("JUSTID")
-                    .query_async::<Vec<String>>(&mut conn)
-                    .await
-                    .map(drop)
+                self.stream.renew(&mine).await
             }
             Err(e) => Err(e),
         };
@@ -477,33 +405,15 @@ impl Shared {
     /// attempts charged to each (`HMGET` on the attempts hash; 0 when unknown). One round trip,
     /// on the redelivery path only.
     async fn pending_and_charged(&self, entries: &[Entry]) -> (Option<HashSet<String>>, Vec<u32>) {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        if entries.is_empty() {
             return (Some(HashSet::new()), Vec::new());
-        };
-        let mut conn = self.bus.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("XPENDING")
-            .arg(&self.stream)
-            .arg(self.handler.name)
-            .arg(&first.id)
-            .arg(&last.id)
-            .arg(entries.len() + self.window_capacity())
-            .arg(&self.consumer);
-        pipe.cmd("HMGET").arg(&self.marks_key);
-        for e in entries {
-            pipe.arg(transport::attempts_field(self.handler.name, &e.id));
         }
-        let reply: redis::RedisResult<(StreamPendingCountReply, Vec<Option<u32>>)> =
-            pipe.query_async(&mut conn).await;
-        match reply {
-            Ok((pending, charged)) => (
-                Some(pending.ids.into_iter().map(|p| p.id).collect()),
-                entries
-                    .iter()
-                    .enumerate()
-                    .map(|(i, _)| charged.get(i).copied().flatten().unwrap_or(0))
-                    .collect(),
-            ),
+        match self
+            .stream
+            .owned_and_charged(entries, self.window_capacity())
+            .await
+        {
+            Ok((pending, charged)) => (Some(pending), charged),
             Err(e) => {
                 tracing::warn!(handler = self.handler.name, error = %e, "cannot read pending entries and their charged attempts");
                 (None, vec![0; entries.len()])
@@ -515,56 +425,29 @@ impl Shared {
     /// with `XCLAIM ... JUSTID` (no delivery counted) from the hand-back pseudo-consumer, then
     /// read with `XRANGE`. They are not suspects. `min-idle` guards against two consumers
     /// taking the same entry: the first claim resets its idle time.
-    async fn take_handed_back(self: &Arc<Self>) -> redis::RedisResult<()> {
+    async fn take_handed_back(self: &Arc<Self>) -> std::result::Result<(), TransportError> {
         let room = self
             .window_capacity()
             .saturating_sub(self.inflight.lock().map(|s| s.len()).unwrap_or(0));
         if room == 0 {
             return Ok(());
         }
-        let mut conn = self.bus.conn.clone();
-        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(&self.stream)
-            .arg(self.handler.name)
-            .arg("-")
-            .arg("+")
-            .arg(room.min(self.bus.config.batch_size))
-            .arg(HANDBACK_CONSUMER)
-            .query_async(&mut conn)
+        let ids = self
+            .stream
+            .handed_back(room.min(self.config.batch_size))
             .await?;
-        if pending.ids.is_empty() {
+        if ids.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = pending.ids.into_iter().map(|p| p.id).collect();
-        let claimed: Vec<String> = redis::cmd("XCLAIM")
-            .arg(&self.stream)
-            .arg(self.handler.name)
-            .arg(&self.consumer)
-            .arg(HANDBACK_MIN_IDLE_MS)
-            .arg(&ids)
-            .arg("JUSTID")
-            .query_async(&mut conn)
+        let claimed = self
+            .stream
+            .take(&ids, Duration::from_millis(HANDBACK_MIN_IDLE_MS))
             .await?;
         if claimed.is_empty() {
             return Ok(());
         }
-        let mut entries = Vec::with_capacity(claimed.len());
-        let mut pipe = redis::pipe();
-        for id in &claimed {
-            pipe.cmd("XRANGE").arg(&self.stream).arg(id).arg(id);
-        }
-        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-        for (id, reply) in claimed.iter().zip(replies) {
-            let entry = match reply {
-                Value::Array(items) => items.into_iter().next().and_then(Entry::from_value),
-                _ => None,
-            };
-            // Trimmed or deleted meanwhile: an entry without fields is acked away as lost.
-            entries.push(entry.unwrap_or_else(|| Entry {
-                id: id.clone(),
-                fields: Vec::new(),
-            }));
-        }
+        // Trimmed or deleted meanwhile: an entry without fields is acked away as lost.
+        let entries = self.stream.entries(&claimed).await?;
         Stats::add(&self.stats.taken_over, entries.len() as u64);
         tracing::info!(
             handler = self.handler.name,
@@ -598,35 +481,25 @@ impl Shared {
 
     /// The `XCLAIM` of [`hand_back`](Self::hand_back), for the ids still owned here.
     async fn hand_back_owned(&self, ids: &[String]) {
-        let mut conn = self.bus.conn.clone();
         // Only what this consumer still owns: an entry another consumer claimed meanwhile (after
         // a freeze) is theirs, maybe running.
         let ids = match self.still_owned(ids).await {
             Some(owned) if !owned.is_empty() => owned,
             _ => return,
         };
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&self.stream)
-            .arg(self.handler.name)
-            .arg(HANDBACK_CONSUMER)
-            .arg(0)
-            .arg(&ids)
-            .arg("IDLE")
-            .arg(HANDBACK_IDLE_MS)
-            .arg("JUSTID");
         let r = tokio::select! {
-            r = cmd.query_async::<Vec<String>>(&mut conn) => r,
-            () = self.runner.abort.cancelled() => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
+            r = self.stream.hand_back(&ids, Duration::from_millis(HANDBACK_IDLE_MS)) => r,
+            () = self.runner.abort.cancelled() => Err(TransportError::new(
+                TransportErrorKind::Closed,
                 "drain timeout passed",
-            ))),
+            )),
         };
         match r {
             Ok(moved) => {
-                Stats::add(&self.stats.handed_back, moved.len() as u64);
+                Stats::add(&self.stats.handed_back, moved as u64);
                 tracing::info!(
                     handler = self.handler.name,
-                    entries = moved.len(),
+                    entries = moved,
                     "handed prefetched entries back to the group at shutdown"
                 );
             }
@@ -641,21 +514,13 @@ impl Shared {
 
     /// Of `ids`, the ones still pending for this consumer; `None` when XPENDING failed.
     async fn still_owned(&self, ids: &[String]) -> Option<Vec<String>> {
-        let min = ids.iter().min_by_key(|id| parse_id(id))?;
-        let max = ids.iter().max_by_key(|id| parse_id(id))?;
-        let mut conn = self.bus.conn.clone();
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.stream)
-            .arg(self.handler.name)
-            .arg(min)
-            .arg(max)
-            .arg(ids.len() + self.window_capacity())
-            .arg(&self.consumer);
-        let reply: redis::RedisResult<StreamPendingCountReply> = tokio::select! {
-            r = cmd.query_async(&mut conn) => r,
+        if ids.is_empty() {
+            return None;
+        }
+        let owned = tokio::select! {
+            r = self.stream.owned(ids, self.window_capacity()) => r.ok()?,
             () = self.runner.abort.cancelled() => return None,
         };
-        let owned: HashSet<String> = reply.ok()?.ids.into_iter().map(|p| p.id).collect();
         Some(
             ids.iter()
                 .filter(|id| owned.contains(*id))
@@ -666,10 +531,10 @@ impl Shared {
 
     /// Claims entries that other (silent) consumers left pending longer than the visibility
     /// timeout, and drops entries that were deleted or trimmed while pending.
-    async fn claim_abandoned(self: &Arc<Self>) -> redis::RedisResult<()> {
+    async fn claim_abandoned(self: &Arc<Self>) -> std::result::Result<(), TransportError> {
         let shared = self;
-        let config = &shared.bus.config;
-        let min_idle = u64::try_from(config.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
+        let config = &shared.config;
+        let min_idle = config.visibility_timeout;
         let mut cursor = "0-0".to_owned();
         // Claims come before new reads, even when every run slot is busy: the oldest work of a
         // dead consumer must not wait behind new work. One page per cycle when the window is
@@ -683,48 +548,34 @@ impl Shared {
             if held >= shared.window_capacity() {
                 break;
             }
-            let mut conn = shared.bus.conn.clone();
-            let reply: Value = redis::cmd("XAUTOCLAIM")
-                .arg(&shared.stream)
-                .arg(self.handler.name)
-                .arg(&shared.consumer)
-                .arg(min_idle)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(config.batch_size)
-                .query_async(&mut conn)
+            let reply = shared
+                .stream
+                .autoclaim(min_idle, &cursor, config.batch_size)
                 .await?;
-            // Parsed from raw values (entries by bytes), so one odd entry cannot fail the page.
-            let reply = AutoClaim::parse(reply);
-            if !reply.deleted_ids.is_empty() {
-                Stats::add(&shared.stats.lost_entries, reply.deleted_ids.len() as u64);
+            if !reply.deleted.is_empty() {
+                Stats::add(&shared.stats.lost_entries, reply.deleted.len() as u64);
                 tracing::warn!(
                     handler = self.handler.name,
-                    lost = reply.deleted_ids.len(),
+                    lost = reply.deleted.len(),
                     "pending entries were deleted or trimmed from the stream before they were handled; they are lost"
                 );
-                let _ = redis::cmd("XACK")
-                    .arg(&shared.stream)
-                    .arg(self.handler.name)
-                    .arg(&reply.deleted_ids)
-                    .query_async::<i64>(&mut conn)
-                    .await;
+                let _ = shared.stream.ack(&reply.deleted, &[]).await;
             }
-            if !reply.claimed.is_empty() {
-                Stats::add(&shared.stats.claimed, reply.claimed.len() as u64);
+            if !reply.entries.is_empty() {
+                Stats::add(&shared.stats.claimed, reply.entries.len() as u64);
                 tracing::info!(
                     handler = self.handler.name,
-                    claimed = reply.claimed.len(),
+                    claimed = reply.entries.len(),
                     "claimed entries of a silent consumer"
                 );
-                let claimed = self.redelivered(reply.claimed).await;
+                let claimed = self.redelivered(reply.entries).await;
                 // Their consumer went silent: any of them may have been running when it died.
                 self.dispatch(claimed, None, true);
             }
-            if reply.next_stream_id == "0-0" || reply.next_stream_id.is_empty() {
+            if reply.next == "0-0" || reply.next.is_empty() {
                 break;
             }
-            cursor = reply.next_stream_id;
+            cursor = reply.next;
         }
         Ok(())
     }
@@ -774,7 +625,7 @@ impl Shared {
                         .acquire_many_owned(slots)
                         .await
                         .ok()?;
-                    let lock = shared.bus.alone.clone();
+                    let lock = shared.alone.clone();
                     let guard = if suspect {
                         Guard::Alone(lock.write_owned().await)
                     } else {
@@ -812,10 +663,6 @@ impl Shared {
     }
 }
 
-/// The pseudo-consumer that holds entries handed back at shutdown until a live consumer takes
-/// them. No reader ever reads under this name, so nothing it holds is ever started by it.
-const HANDBACK_CONSUMER: &str = "eventbus.handed-back";
-/// The idle time given to handed-back entries: far past any visibility timeout.
 /// The idle time given to handed-back entries: enough for a take-over claim, far below the
 /// visibility timeout's floor (100 ms), so `XAUTOCLAIM` does not take them as a silent
 /// consumer's entries (suspects) before a take-over check (every 500 ms at most) does.
@@ -828,7 +675,7 @@ const HANDBACK_MIN_IDLE_MS: u64 = 50;
 /// silent consumers' entries every claim interval (until shutdown starts). Runs until shutdown
 /// has begun and nothing is in flight any more, or until the drain is abandoned.
 async fn maintain(shared: Arc<Shared>) {
-    let config = &shared.bus.config;
+    let config = shared.config.clone();
     let lease_interval = (config.visibility_timeout / 3).max(Duration::from_millis(10));
     let mut next_lease = Instant::now() + lease_interval;
     let mut next_claim = Instant::now();
@@ -836,7 +683,7 @@ async fn maintain(shared: Arc<Shared>) {
     // consumers' entries: they are known not to have started, and take one XPENDING to find.
     let takeover_interval = config.claim_interval.min(Duration::from_millis(500));
     let mut next_takeover = Instant::now();
-    let mut trim_watch = crate::transport::redis::stream::checks::TrimWatch::default();
+    let mut trim_watch = TrimWatch::default();
     // While claims fail (an ACL edit, Redis down), both schedules back off up to 5 s: no storm.
     let mut failing_for = 0u32;
     let backoff = |interval: Duration, failures: u32| {
@@ -864,14 +711,10 @@ async fn maintain(shared: Arc<Shared>) {
         }
         if now >= next_claim && !shared.cancel.is_cancelled() {
             // Entries trimmed before this group read them (health `trimmed_unread`).
-            crate::transport::redis::stream::checks::check_trimmed(
-                &mut shared.bus.conn.clone(),
-                &shared.stream,
-                shared.handler.name,
-                &mut trim_watch,
-                &shared.stats,
-            )
-            .await;
+            shared
+                .stream
+                .check_trimmed(&mut trim_watch, &shared.stats)
+                .await;
             if shared.first_trim_check.available_permits() == 0 {
                 shared
                     .first_trim_check
@@ -912,22 +755,7 @@ async fn maintain(shared: Arc<Shared>) {
     }
 }
 
-async fn ensure_group(conn: &mut SharedConn, stream: &str, group: &str) -> redis::RedisResult<()> {
-    let r = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async::<()>(conn)
-        .await;
-    match r {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
-    }
-}
-
-/// What a run holds of the process-wide lock ([`BusInner::alone`](crate::bus::BusInner)),
+/// What a run holds of the process-wide lock ([`Handles::alone`]),
 /// held only to be dropped when the run ends.
 #[allow(dead_code)]
 enum Guard {
@@ -958,9 +786,7 @@ async fn handle_entry(
     held: (OwnedSemaphorePermit, Guard),
 ) {
     let marks = Marks {
-        conn: &shared.bus.conn,
-        key: &shared.marks_key,
-        group: shared.handler.name,
+        stream: &shared.stream,
         entry_id: &entry.id,
     };
     let mut charges = Charges {
@@ -998,9 +824,7 @@ async fn handle_entry(
             return;
         }
         Outcome::DeadLetter(failure) => {
-            let mut conn = shared.bus.conn.clone();
-            let ack = Some(entry.id.as_str());
-            shared.runner.dead_letter(&mut conn, ack, &failure).await;
+            dead_letter(&shared.runner, &shared.stream, Some(&entry.id), &failure).await;
         }
         Outcome::Released => {
             shared.release(entry.id, suspect);
@@ -1020,19 +844,18 @@ async fn handle_entry(
 /// entry's window permit is released only when its ack lands: while acks fail, the reader stops
 /// taking new entries (the entries at risk of a second run stay bounded by the window). Ends,
 /// after sending everything queued, when the reader and all its runs are done.
-#[allow(clippy::too_many_arguments)]
 async fn ack_loop(
     mut rx: mpsc::UnboundedReceiver<Settled>,
-    mut conn: SharedConn,
-    stream: String,
-    marks_key: String,
-    group: &'static str,
+    stream: Stream,
     inflight: Arc<Mutex<HashSet<String>>>,
     stats: Arc<Stats>,
     abort: CancellationToken,
 ) {
     const MAX_BATCH: usize = 1000;
+    let group = stream.group;
     let mut batch: Vec<Settled> = Vec::with_capacity(64);
+    let mut ids: Vec<String> = Vec::with_capacity(64);
+    let mut marked: Vec<String> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -1041,18 +864,12 @@ async fn ack_loop(
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
-        // Each reply on its own: a failing HDEL (an ACL edit, a wrong key type) must not make an
-        // ack that landed look failed.
-        pipe.ignore_errors();
-        pipe.cmd("XACK").arg(&stream).arg(group);
+        ids.clear();
+        marked.clear();
         for settled in &batch {
-            pipe.arg(&settled.id);
-        }
-        if batch.iter().any(|s| s.marked) {
-            pipe.cmd("HDEL").arg(&marks_key);
-            for settled in batch.iter().filter(|s| s.marked) {
-                pipe.arg(transport::attempts_field(group, &settled.id));
+            ids.push(settled.id.clone());
+            if settled.marked {
+                marked.push(settled.id.clone());
             }
         }
         // XACK is idempotent: retry until it lands (the entries stay in the in-flight set, so
@@ -1061,26 +878,11 @@ async fn ack_loop(
         let mut attempt = 0u32;
         loop {
             let r = tokio::select! {
-                r = pipe.query_async::<Vec<redis::RedisResult<Value>>>(&mut conn) => match r {
-                    Ok(mut replies) if !replies.is_empty() => {
-                        if replies.len() > 1 && let Some(Err(e)) = replies.pop() {
-                            tracing::warn!(handler = group, error = %e, "cannot delete the charged attempts of acked entries; they stay in the attempts hash");
-                        }
-                        match replies.swap_remove(0) {
-                            Ok(_) => Ok(()),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Ok(_) => Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "empty reply to XACK",
-                    ))),
-                    Err(e) => Err(e),
-                },
-                () = abort.cancelled() => Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
+                r = stream.ack(&ids, &marked) => r,
+                () = abort.cancelled() => Err(TransportError::new(
+                    TransportErrorKind::Closed,
                     "the drain timeout passed",
-                ))),
+                )),
             };
             let Err(e) = r else {
                 stats.clear(Path::Ack);
@@ -1096,7 +898,7 @@ async fn ack_loop(
                 )),
             );
             if attempt == 1 || attempt.is_power_of_two() {
-                tracing::warn!(handler = group, error = %e, entries = batch.len(), "cannot ack yet; retrying until Redis answers (no new entries are taken meanwhile)");
+                tracing::warn!(handler = group, error = %e, entries = batch.len(), "cannot ack yet; retrying until the transport answers (no new entries are taken meanwhile)");
             }
             if abort.is_cancelled() {
                 tracing::warn!(
@@ -1155,142 +957,4 @@ async fn run_entry(shared: &Shared, entry: &Entry, charges: &mut Charges<'_>) ->
         });
     };
     shared.runner.run_charged(raw, charges).await
-}
-
-impl Entry {
-    /// `[id, [field, value, ...]]`, or `[id, nil]` for an entry deleted while pending.
-    fn from_value(v: Value) -> Option<Entry> {
-        let Value::Array(parts) = v else { return None };
-        let mut parts = parts.into_iter();
-        let id = into_string(parts.next()?)?;
-        let mut fields = Vec::new();
-        if let Some(Value::Array(kv)) = parts.next() {
-            let mut kv = kv.into_iter();
-            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
-                if let (Some(k), Some(v)) = (into_bytes(k), into_bytes(v)) {
-                    fields.push((k, v));
-                }
-            }
-        }
-        Some(Entry { id, fields })
-    }
-}
-
-/// An XAUTOCLAIM reply: `[next id, [entry, ...], [deleted id, ...]]` (Redis 7).
-struct AutoClaim {
-    next_stream_id: String,
-    claimed: Vec<Entry>,
-    deleted_ids: Vec<String>,
-}
-
-impl AutoClaim {
-    fn parse(reply: Value) -> AutoClaim {
-        let mut parts = match reply {
-            Value::Array(parts) => parts.into_iter(),
-            _ => Vec::new().into_iter(),
-        };
-        let next_stream_id = parts.next().and_then(into_string).unwrap_or_default();
-        let list = |v: Option<Value>| match v {
-            Some(Value::Array(items)) => items,
-            _ => Vec::new(),
-        };
-        let claimed = list(parts.next())
-            .into_iter()
-            .filter_map(Entry::from_value)
-            .collect();
-        let deleted_ids = list(parts.next())
-            .into_iter()
-            .filter_map(into_string)
-            .collect();
-        AutoClaim {
-            next_stream_id,
-            claimed,
-            deleted_ids,
-        }
-    }
-}
-
-fn into_bytes(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::Int(i) => Some(i.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-fn into_string(v: Value) -> Option<String> {
-    into_bytes(v).and_then(|b| String::from_utf8(b).ok())
-}
-
-/// An XREADGROUP reply for one stream: `nil`, `[[key, [entry, ...]]]` (RESP2) or
-/// `{key: [entry, ...]}` (RESP3).
-fn parse_read_reply(reply: Value) -> Vec<Entry> {
-    let entries = match reply {
-        Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|s| match s {
-                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
-                _ => None,
-            })
-            .collect::<Vec<_>>(),
-        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
-        _ => Vec::new(),
-    };
-    entries
-        .into_iter()
-        .flat_map(|list| match list {
-            Value::Array(items) => items,
-            _ => Vec::new(),
-        })
-        .filter_map(Entry::from_value)
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn parses_resp2_read_replies_with_deleted_entries() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("events:{a}"),
-            Value::Array(vec![
-                Value::Array(vec![
-                    bulk("1-0"),
-                    Value::Array(vec![bulk("envelope"), bulk("{}")]),
-                ]),
-                Value::Array(vec![bulk("2-0"), Value::Nil]),
-            ]),
-        ])]);
-        let entries = parse_read_reply(reply);
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].id, "1-0");
-        assert_eq!(entries[0].field("envelope"), Some(&b"{}"[..]));
-        assert_eq!(entries[0].field("handler"), None);
-        assert!(entries[1].fields.is_empty());
-        assert!(parse_read_reply(Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn parses_resp3_read_replies() {
-        let reply = Value::Map(vec![(
-            bulk("events:{a}"),
-            Value::Array(vec![Value::Array(vec![
-                bulk("1-0"),
-                Value::Array(vec![
-                    bulk("envelope"),
-                    bulk("x"),
-                    bulk("handler"),
-                    bulk("h"),
-                ]),
-            ])]),
-        )]);
-        let entries = parse_read_reply(reply);
-        assert_eq!(entries[0].field("handler"), Some(&b"h"[..]));
-    }
 }

@@ -99,6 +99,7 @@ pub(crate) fn kind_of(e: &RedisError) -> TransportErrorKind {
 /// as the message, and `e` itself as the source.
 pub(crate) fn classify(e: RedisError) -> TransportError {
     let kind = kind_of(&e);
+    let reconnect = needs_new_connection(&e);
     let message = match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
         _ => e.to_string(),
@@ -107,7 +108,7 @@ pub(crate) fn classify(e: RedisError) -> TransportError {
     if let Some(code) = e.code() {
         error = error.with_code(code);
     }
-    error.with_source(e)
+    error.with_reconnect(reconnect).with_source(e)
 }
 
 /// The public error of a failed command `op`: [`Error::Permission`] for `NOPERM`,
