@@ -20,7 +20,6 @@ use crate::handler::HandlerRegistration;
 use crate::handler::registry;
 use crate::runtime::lane::Subscriber;
 use crate::runtime::stream::Reader;
-use crate::state::States;
 use crate::telemetry::{ConnStats, Health, Stats};
 
 /// An event bus over Redis: publishes events and runs the registered handlers.
