@@ -6,6 +6,8 @@
 //! on `Bus`.
 
 pub(crate) mod keys;
+#[cfg(feature = "testing")]
+pub(crate) mod memory;
 pub(crate) mod redis;
 pub(crate) mod settle;
 pub(crate) mod source;

@@ -799,6 +799,7 @@ pub(crate) async fn blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::redis::errors::needs_new_connection;
 
     fn server_error(reply: &str) -> redis::RedisError {
         match redis::parse_redis_value(reply.as_bytes()) {
