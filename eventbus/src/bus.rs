@@ -83,7 +83,13 @@ impl Bus {
         let config = Arc::new(config);
         let routes: Vec<Route> = handlers.iter().map(|h| h.route()).collect();
         let transport = Transport::connect(config.clone(), &routes).await?;
-        let conn = transport.redis().conn.clone();
+        let Some(conn) = transport.redis().map(|r| r.conn.clone()) else {
+            return Err(Error::config(
+                "transport",
+                "memory",
+                "Bus::connect builds a Redis bus; the in-memory transport is built by the testing module",
+            ));
+        };
         let publisher = Publisher {
             coalescer: Coalescer::spawn(conn.clone()),
             conn: conn.clone(),

@@ -187,7 +187,13 @@ impl Subscriber {
     pub(crate) async fn subscribe(&mut self) -> redis::RedisResult<()> {
         let limit = self.bus.config.connect_timeout;
         let subscribed = async {
-            let mut pubsub = self.bus.transport.redis().client.get_async_pubsub().await?;
+            let Some(redis) = self.bus.transport.redis() else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "broadcast over this transport is not wired yet",
+                )));
+            };
+            let mut pubsub = redis.client.get_async_pubsub().await?;
             let mut channels: Vec<&String> = self.routes.keys().collect();
             channels.sort();
             pubsub.subscribe(channels).await?;

@@ -34,6 +34,9 @@ pub(crate) struct Route {
 pub(crate) enum Transport {
     /// Redis (a single primary, optionally behind TLS).
     Redis(self::redis::Redis),
+    /// In process, with Redis Streams semantics (feature `testing`).
+    #[cfg(feature = "testing")]
+    Memory(self::memory::Memory),
 }
 
 impl Transport {
@@ -48,10 +51,13 @@ impl Transport {
         ))
     }
 
-    /// The Redis backend. Transitional: callers move behind the seam's own methods.
-    pub(crate) fn redis(&self) -> &self::redis::Redis {
+    /// The Redis backend, if this is one. Transitional: callers move behind the seam's own
+    /// methods.
+    pub(crate) fn redis(&self) -> Option<&self::redis::Redis> {
         match self {
-            Transport::Redis(r) => r,
+            Transport::Redis(r) => Some(r),
+            #[cfg(feature = "testing")]
+            Transport::Memory(_) => None,
         }
     }
 }

@@ -24,6 +24,7 @@ mod group;
 mod hash;
 mod pubsub;
 mod stream;
+pub(crate) mod stream_ops;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -40,15 +40,20 @@ pub(crate) fn needs_new_connection(e: &RedisError) -> bool {
         || is_connection_level(e)
 }
 
-/// Whether `e` came from a failed TLS handshake: a rustls error somewhere in its source chain
-/// (found by type, not by text).
+/// Whether `e` came from a failed TLS handshake: a `rustls::Error` inside the I/O error it
+/// wraps (found by type, not by text). redis-rs keeps the I/O error behind an `Arc`, and
+/// `io::Error::source` skips the error it wraps, so both are opened here.
 fn is_tls(e: &RedisError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
         if s.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
+        let io = s.downcast_ref::<std::io::Error>().or_else(|| {
+            s.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+                .and_then(|inner| (**inner).downcast_ref::<std::io::Error>())
+        });
+        if let Some(io) = io
             && io
                 .get_ref()
                 .is_some_and(|inner| inner.is::<rustls::Error>())
