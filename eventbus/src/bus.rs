@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::publish::Publisher;
-use crate::transport::redis::coalesce::Coalescer;
 use crate::transport::{Route, SharedConn, Transport};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -83,8 +82,7 @@ impl Bus {
         let transport = Transport::connect(config.clone(), &routes).await?;
         let conn = transport.redis().conn.clone();
         let publisher = Publisher {
-            coalescer: Coalescer::spawn(conn.clone()),
-            conn: conn.clone(),
+            sender: transport.sender(),
             namespace: config.namespace.as_str().into(),
             source: config.service.as_str().into(),
             max_len: config.max_len,

@@ -6,6 +6,7 @@
 //! on `Bus`.
 
 pub(crate) mod keys;
+pub(crate) mod publish;
 pub(crate) mod redis;
 pub(crate) mod settle;
 pub(crate) mod source;

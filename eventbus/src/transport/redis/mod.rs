@@ -4,6 +4,7 @@ pub(crate) mod coalesce;
 pub(crate) mod conn;
 pub(crate) mod errors;
 pub(crate) mod preflight;
+pub(crate) mod publish;
 pub(crate) mod script;
 pub(crate) mod stream;
 
