@@ -159,7 +159,11 @@ impl Bus {
 
     /// The dead letters of this bus's namespace.
     pub fn dlq(&self) -> DeadLetters {
-        DeadLetters::new(self.inner.clone())
+        DeadLetters::new(
+            self.inner.transport.clone(),
+            self.inner.config.namespace.as_str().into(),
+            self.inner.config.max_len,
+        )
     }
 
     /// The state of the bus's shared connection (publishing, acks, claims, dead letters), with

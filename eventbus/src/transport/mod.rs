@@ -5,6 +5,7 @@
 //! Enum dispatch, as tokio's `scheduler::Handle`: no boxing on the hot path, no type parameter
 //! on `Bus`.
 
+pub(crate) mod dead_letters;
 pub(crate) mod keys;
 pub(crate) mod publish;
 pub(crate) mod redis;

@@ -2,6 +2,7 @@
 
 pub(crate) mod coalesce;
 pub(crate) mod conn;
+pub(crate) mod dead_letters;
 pub(crate) mod errors;
 pub(crate) mod preflight;
 pub(crate) mod publish;
