@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::event::{Delivery, DomainEvent};
 use crate::handler::HandlerRegistration;
 use crate::handler::registry;
-use crate::runtime::lane::Subscriber;
+use crate::pipeline::Runner;
+use crate::runtime::lane::{Broadcast, Subscriber};
 use crate::runtime::stream::Reader;
 use crate::state::States;
 use crate::telemetry::{ConnStats, Health, Stats};
@@ -222,8 +223,24 @@ impl Bus {
             None
         } else {
             let subscriber = Subscriber::new(
-                self.inner.clone(),
-                &broadcast,
+                Broadcast::new(
+                    &self.inner.config,
+                    self.inner.transport.clone(),
+                    self.inner.alone.clone(),
+                ),
+                broadcast
+                    .iter()
+                    .map(|handler| {
+                        // Broadcast queues drain at shutdown (nothing would redeliver them): no
+                        // cancel token.
+                        Runner::new(
+                            self.inner.clone(),
+                            handler,
+                            CancellationToken::new(),
+                            abort.clone(),
+                        )
+                    })
+                    .collect(),
                 cancel.clone(),
                 abort.clone(),
                 tracker.clone(),

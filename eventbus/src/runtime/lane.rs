@@ -1,25 +1,24 @@
-//! Broadcast delivery: one Pub/Sub connection per bus for every broadcast channel, a bounded
-//! queue per handler, and the same pipeline as durable handlers (without acks).
+//! Broadcast delivery: one subscription per bus for every broadcast channel, a bounded queue
+//! per handler, and the same pipeline as durable handlers (without acks).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::BusInner;
-use crate::config::Overflow;
-use crate::error::Result;
-use crate::handler::HandlerRegistration;
-use crate::pipeline::Failure;
-use crate::pipeline::{Outcome, Runner};
-use crate::telemetry::Stats;
-use crate::transport;
+use crate::config::{Config, Overflow};
+use crate::envelope::EventId;
+use crate::error::{Result, TransportError};
+use crate::pipeline::{Failure, Outcome, Runner};
+use crate::telemetry::{Path, Stats};
+use crate::transport::keys::EventKeys;
+use crate::transport::settle::{Letter, Written};
+use crate::transport::subscribe::{Received, Subscription};
+use crate::transport::{self, Transport};
 
 /// One received message. Every handler's queue holds the same allocation: a message is copied
 /// out of the connection's buffer once, never once per handler.
@@ -110,66 +109,94 @@ impl Queue {
     }
 }
 
-/// One broadcast handler: its pipeline and its queue.
+/// What the broadcast subscriber uses of its bus: the transport, the settings of its queues,
+/// and the process-wide lock every handler run shares.
+pub(crate) struct Broadcast {
+    pub(crate) transport: Transport,
+    pub(crate) namespace: Arc<str>,
+    pub(crate) max_payload: usize,
+    /// Per-handler queue bounds (`broadcast_queue`, `broadcast_queue_bytes`) and what a full
+    /// queue drops.
+    pub(crate) queue: usize,
+    pub(crate) queue_bytes: usize,
+    pub(crate) overflow: Overflow,
+    /// Every handler run in this process holds it shared; a durable suspect holds it
+    /// exclusively, so it runs alone in the process.
+    pub(crate) alone: Arc<RwLock<()>>,
+}
+
+impl Broadcast {
+    pub(crate) fn new(config: &Config, transport: Transport, alone: Arc<RwLock<()>>) -> Broadcast {
+        Broadcast {
+            transport,
+            namespace: config.namespace.as_str().into(),
+            max_payload: config.max_payload,
+            queue: config.broadcast_queue,
+            queue_bytes: config.broadcast_queue_bytes,
+            overflow: config.broadcast_overflow,
+            alone,
+        }
+    }
+}
+
+/// One broadcast handler: its pipeline, its queue and where its dead letters go.
 struct Lane {
     runner: Arc<Runner>,
     queue: Arc<Queue>,
+    keys: EventKeys,
 }
 
 /// The subscriber of one bus.
 pub(crate) struct Subscriber {
-    bus: Arc<BusInner>,
+    bus: Arc<Broadcast>,
     /// Channel name → the lanes of the handlers subscribed to it.
     routes: HashMap<String, Vec<Arc<Lane>>>,
     lanes: Vec<Arc<Lane>>,
     /// Counters of the subscription itself (reconnects, gaps), shared with every lane's health.
     conn_stats: Vec<Arc<Stats>>,
     cancel: CancellationToken,
+    /// The end of the drain: dead-letter writes still retrying give up.
+    abort: CancellationToken,
     tracker: TaskTracker,
-    sink: Option<PubSubSink>,
-    stream: Option<PubSubStream>,
+    subscription: Option<Subscription>,
     /// Dead letters of oversized messages being written (at most [`MAX_PENDING_REJECTS`]).
     rejects: Arc<Semaphore>,
 }
 
 impl Subscriber {
+    /// A subscriber running one pipeline per broadcast handler (`runners`: their queues drain at
+    /// shutdown, as nothing would redeliver them).
     pub(crate) fn new(
-        bus: Arc<BusInner>,
-        handlers: &[&'static HandlerRegistration],
+        bus: Broadcast,
+        runners: Vec<Runner>,
         cancel: CancellationToken,
         abort: CancellationToken,
         tracker: TaskTracker,
     ) -> Subscriber {
         let mut routes: HashMap<String, Vec<Arc<Lane>>> = HashMap::new();
         let mut lanes = Vec::new();
-        for handler in handlers {
-            // Broadcast queues drain at shutdown (nothing would redeliver them): no cancel token.
-            let runner = Arc::new(Runner::new(
-                bus.clone(),
-                handler,
-                CancellationToken::new(),
-                abort.clone(),
-            ));
-            let queue = Arc::new(Queue::new(
-                bus.config.broadcast_queue,
-                bus.config.broadcast_queue_bytes,
-                bus.config.broadcast_overflow,
-            ));
-            let lane = Arc::new(Lane { runner, queue });
-            let channel = transport::channel_key(&bus.config.namespace, handler.event_name);
+        for runner in runners {
+            let event = runner.handler.event_name;
+            let queue = Arc::new(Queue::new(bus.queue, bus.queue_bytes, bus.overflow));
+            let lane = Arc::new(Lane {
+                runner: Arc::new(runner),
+                queue,
+                keys: EventKeys::new(&bus.namespace, event),
+            });
+            let channel = transport::channel_key(&bus.namespace, event);
             routes.entry(channel).or_default().push(lane.clone());
             lanes.push(lane);
         }
         let conn_stats = lanes.iter().map(|l| l.runner.stats.clone()).collect();
         Subscriber {
-            bus,
+            bus: Arc::new(bus),
             routes,
             lanes,
             conn_stats,
             cancel,
+            abort,
             tracker,
-            sink: None,
-            stream: None,
+            subscription: None,
             rejects: Arc::new(Semaphore::new(MAX_PENDING_REJECTS)),
         }
     }
@@ -182,42 +209,20 @@ impl Subscriber {
             .collect()
     }
 
-    /// Connects and subscribes every channel; returns once Redis has confirmed them all, or
-    /// fails after the connect timeout (a frozen server accepts connections but never answers).
-    pub(crate) async fn subscribe(&mut self) -> redis::RedisResult<()> {
-        let limit = self.bus.config.connect_timeout;
-        let subscribed = async {
-            let mut pubsub = self.bus.transport.redis().client.get_async_pubsub().await?;
-            let mut channels: Vec<&String> = self.routes.keys().collect();
-            channels.sort();
-            pubsub.subscribe(channels).await?;
-            Ok::<_, redis::RedisError>(pubsub.split())
-        };
-        let (sink, stream) = match tokio::time::timeout(limit, subscribed).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("SUBSCRIBE was not confirmed within {limit:?}"),
-                )
-                .into());
-            }
-        };
-        self.sink = Some(sink);
-        self.stream = Some(stream);
+    /// Subscribes every channel; returns once the transport has confirmed them all, or fails
+    /// after the connect timeout.
+    async fn subscribe(&mut self) -> std::result::Result<(), TransportError> {
+        let mut channels: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        channels.sort_unstable();
+        self.subscription = Some(self.bus.transport.subscribe(&channels).await?);
         self.set_connected(true);
         Ok(())
     }
 
-    /// Connects and subscribes at start-up.
+    /// Subscribes at start-up.
     pub(crate) async fn connect(mut self) -> Result<Subscriber> {
         if let Err(source) = self.subscribe().await {
-            return Err(match source.code() {
-                Some("NOPERM") => crate::transport::redis::errors::to_error("SUBSCRIBE")(source),
-                _ => {
-                    crate::transport::redis::errors::unreachable(&self.bus.config.redis_url, source)
-                }
-            });
+            return Err(self.bus.transport.subscribe_error(source));
         }
         Ok(self)
     }
@@ -246,6 +251,7 @@ impl Subscriber {
                 lane.clone(),
                 self.bus.clone(),
                 self.cancel.clone(),
+                self.abort.clone(),
                 self.tracker.clone(),
             ));
         }
@@ -258,15 +264,12 @@ impl Subscriber {
         // When the connection drops soon after a resubscribe, the next attempt waits (with
         // backoff): a server that keeps closing it must not see a tight reconnect loop.
         let mut subscribed_at = tokio::time::Instant::now();
-        let ping_every = self.bus.config.block_time.max(Duration::from_millis(100));
-        let mut ping = tokio::time::interval(ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let cancel = self.cancel.clone();
         loop {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let Some(stream) = self.stream.as_mut() else {
+            let Some(subscription) = self.subscription.as_mut() else {
                 // Disconnected: resubscribe with backoff. Events published meanwhile are lost.
                 if subscribed_at.elapsed() < Duration::from_secs(1) {
                     let d = retry_delay;
@@ -308,35 +311,19 @@ impl Subscriber {
                 continue;
             };
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => {
+                received = subscription.recv() => match received {
+                    Received::Message(msg) => {
                         retry_delay = Duration::from_millis(100); // the connection works
-                        self.receive(msg.get_channel_name(), msg.get_payload_bytes());
+                        self.receive(msg.channel(), msg.payload());
                     }
-                    None => self.disconnected("the connection closed"),
+                    Received::Alive => retry_delay = Duration::from_millis(100),
+                    Received::Lost(why) => self.disconnected(&why),
                 },
-                _ = ping.tick() => {
-                    // A frozen server or a half-open connection shows only as silence: ping it.
-                    if let Some(sink) = self.sink.as_mut() {
-                        let timeout = self.bus.config.block_time + transport::BLOCK_MARGIN;
-                        // Subscribed (RESP2), PING answers `["pong", ""]`, not `PONG`: any reply.
-                        let reply = tokio::select! {
-                            r = tokio::time::timeout(timeout, sink.ping::<redis::Value>()) => r,
-                            () = cancel.cancelled() => break,
-                        };
-                        match reply {
-                            Ok(Ok(_)) => retry_delay = Duration::from_millis(100),
-                            Ok(Err(e)) => self.disconnected(&e.to_string()),
-                            Err(_) => self.disconnected("ping timed out"),
-                        }
-                    }
-                }
-                () = self.cancel.cancelled() => break,
+                () = cancel.cancelled() => break,
             }
         }
         // Unsubscribe first (closing the connection), then the workers drain their queues.
-        self.sink = None;
-        self.stream = None;
+        self.subscription = None;
         self.set_connected(false);
     }
 
@@ -348,7 +335,7 @@ impl Subscriber {
         let Some(lanes) = self.routes.get(channel) else {
             return;
         };
-        let max = self.bus.config.max_payload;
+        let max = self.bus.max_payload;
         if payload.len() > max {
             self.reject_oversized(lanes, payload);
             return;
@@ -370,7 +357,7 @@ impl Subscriber {
     /// (the subscriber never waits for Redis), with the reason and the envelope's first
     /// [`REJECTED_ENVELOPE_BYTES`] bytes, as the pipeline does for a durable entry.
     fn reject_oversized(&self, lanes: &[Arc<Lane>], payload: &[u8]) {
-        let max = self.bus.config.max_payload;
+        let max = self.bus.max_payload;
         let Ok(permit) = self.rejects.clone().try_acquire_owned() else {
             for lane in lanes {
                 count_dropped(
@@ -394,10 +381,11 @@ impl Subscriber {
             .into_owned(),
         };
         let lanes = lanes.to_vec();
-        let mut conn = self.bus.conn.clone();
+        let bus = self.bus.clone();
+        let abort = self.abort.clone();
         self.tracker.spawn(async move {
             for lane in &lanes {
-                lane.runner.dead_letter(&mut conn, None, &failure).await;
+                dead_letter(&bus.transport, lane, &failure, &abort).await;
             }
             drop(permit);
         });
@@ -408,8 +396,7 @@ impl Subscriber {
             reason = why,
             "broadcast subscriber disconnected; reconnecting (events published until it resubscribes are lost)"
         );
-        self.sink = None;
-        self.stream = None;
+        self.subscription = None;
         self.set_connected(false);
         self.record(|s| &s.gaps, Some(format!("subscriber disconnected: {why}")));
     }
@@ -435,8 +422,9 @@ fn count_dropped(lane: &Lane, n: u64, why: &'static str) {
 /// what is queued (within the drain timeout; the abort token ends it).
 async fn work(
     lane: Arc<Lane>,
-    bus: Arc<BusInner>,
+    bus: Arc<Broadcast>,
     cancel: CancellationToken,
+    abort: CancellationToken,
     tracker: TaskTracker,
 ) {
     let semaphore = Arc::new(Semaphore::new(lane.runner.concurrency()));
@@ -462,20 +450,87 @@ async fn work(
             break;
         };
         let lane = lane.clone();
-        let mut conn = bus.conn.clone();
-        let alone = bus.alone.clone();
+        let bus = bus.clone();
+        let abort = abort.clone();
         tracker.spawn(async move {
             // Shared with every other run of the process; a durable suspect runs alone.
-            let _shared = alone.read_owned().await;
+            let _shared = bus.alone.clone().read_owned().await;
             match lane.runner.run(&item, 1).await {
                 Outcome::Ack => Stats::add(&lane.runner.stats.handled, 1),
                 Outcome::DeadLetter(failure) => {
-                    lane.runner.dead_letter(&mut conn, None, &failure).await
+                    dead_letter(&bus.transport, &lane, &failure, &abort).await
                 }
                 Outcome::Skip | Outcome::Lost | Outcome::Abandoned | Outcome::Released => {}
             }
             drop(permit);
         });
+    }
+}
+
+/// Writes the dead letter of a broadcast message (nothing to ack). While the transport refuses
+/// it (ACL, OOM, Redis down) the write is retried with backoff until it succeeds or the drain
+/// ends (`abort`).
+async fn dead_letter(
+    transport: &Transport,
+    lane: &Lane,
+    failure: &Failure,
+    abort: &CancellationToken,
+) {
+    let runner = &lane.runner;
+    let handler = runner.handler;
+    let event_id = failure.event_id.as_ref().map(EventId::as_str).unwrap_or("");
+    tracing::error!(
+        handler = handler.name,
+        event_name = handler.event_name,
+        event_id,
+        attempts = failure.attempts,
+        error = %failure.error,
+        "event dead-lettered"
+    );
+    let letter = Letter {
+        event_id,
+        event_name: handler.event_name,
+        handler: handler.name,
+        error: &failure.error,
+        attempts: failure.attempts,
+        envelope: &failure.envelope,
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match transport
+            .write_dead_letter(&lane.keys, handler.name, None, &letter)
+            .await
+        {
+            Ok(Written::Letter) => {
+                Stats::add(&runner.stats.dead_lettered, 1);
+                runner.stats.clear(Path::DeadLetter);
+                return;
+            }
+            // Only a durable entry can have been settled elsewhere.
+            Ok(Written::AlreadySettled) => {
+                runner.stats.clear(Path::DeadLetter);
+                return;
+            }
+            Err(e) => {
+                Stats::add(&runner.stats.dead_letter_errors, 1);
+                runner.stats.set(
+                    Path::DeadLetter,
+                    Some(format!("cannot write dead letter: {e}")),
+                );
+                tracing::error!(
+                    handler = handler.name,
+                    dlq = %lane.keys.dlq,
+                    error = %e,
+                    retry_in = ?delay,
+                    "cannot write dead letter; the event stays pending (not acked) and the write is retried"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = abort.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

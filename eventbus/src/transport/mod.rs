@@ -11,6 +11,7 @@ pub(crate) mod publish;
 pub(crate) mod redis;
 pub(crate) mod settle;
 pub(crate) mod source;
+pub(crate) mod subscribe;
 
 pub(crate) use self::keys::*;
 pub(crate) use self::redis::conn::*;
