@@ -224,3 +224,47 @@ impl Sender {
         self.conn.count_publish_error();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "<cursor>".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commands_carry_the_envelope_as_the_last_argument() {
+        let json = br#"{"id":"x"}"#;
+        assert_eq!(
+            args(&prepare(Delivery::Durable, "ns:{e}", Some(100), json)),
+            [
+                "XADD",
+                "ns:{e}",
+                "MAXLEN",
+                "~",
+                "100",
+                "*",
+                "envelope",
+                r#"{"id":"x"}"#
+            ]
+        );
+        assert_eq!(
+            args(&prepare(Delivery::Durable, "ns:{e}", None, json)),
+            ["XADD", "ns:{e}", "*", "envelope", r#"{"id":"x"}"#]
+        );
+        assert_eq!(
+            args(&prepare(Delivery::Broadcast, "ns:e", Some(100), json)),
+            ["PUBLISH", "ns:e", r#"{"id":"x"}"#]
+        );
+        assert_eq!(
+            (op(Delivery::Durable), op(Delivery::Broadcast)),
+            ("XADD", "PUBLISH")
+        );
+    }
+}

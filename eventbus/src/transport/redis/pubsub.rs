@@ -76,20 +76,25 @@ impl Redis {
         })
     }
 
-    /// A subscription that failed at start-up: the ACL's denial as [`Error::Permission`],
-    /// anything else as the server being unreachable, as for the shared connection (the hint
-    /// comes from the Redis error behind `error`).
+    /// A subscription that failed at start-up: see [`start_error`].
     pub(crate) fn subscribe_error(&self, error: TransportError) -> Error {
-        if error.kind() == TransportErrorKind::Permission {
-            return Error::transport("SUBSCRIBE")(error);
-        }
-        let source = std::error::Error::source(&error)
-            .and_then(|source| source.downcast_ref::<RedisError>())
-            .cloned();
-        match source {
-            Some(source) => unreachable(&self.config.redis_url, source),
-            None => Error::transport("SUBSCRIBE")(error),
-        }
+        start_error(&self.config.redis_url, error)
+    }
+}
+
+/// A subscription that failed at start-up: the ACL's denial as [`Error::Permission`], anything
+/// else as the server at `redis_url` being unreachable, as for the shared connection (the hint
+/// comes from the Redis error behind `error`, its source).
+fn start_error(redis_url: &str, error: TransportError) -> Error {
+    if error.kind() == TransportErrorKind::Permission {
+        return Error::transport("SUBSCRIBE")(error);
+    }
+    let source = std::error::Error::source(&error)
+        .and_then(|source| source.downcast_ref::<RedisError>())
+        .cloned();
+    match source {
+        Some(source) => unreachable(redis_url, source),
+        None => Error::transport("SUBSCRIBE")(error),
     }
 }
 
@@ -110,5 +115,37 @@ impl Subscription {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_are_a_denial_or_an_unreachable_server() {
+        let denied = match redis::parse_redis_value(b"-NOPERM no permissions\r\n") {
+            Ok(Value::ServerError(e)) => RedisError::from(e),
+            other => panic!("not a server error: {other:?}"),
+        };
+        let error = start_error("redis://u:pw@h:1", classify(denied));
+        assert!(
+            matches!(
+                error,
+                Error::Permission {
+                    command: "SUBSCRIBE",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let error = start_error("redis://u:pw@h:1", classify(refused));
+        let text = error.to_string();
+        assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+        assert!(
+            text.contains("start redis-server") && !text.contains("pw"),
+            "{text}"
+        );
     }
 }
