@@ -522,7 +522,7 @@ async fn dead_letter(
                     dlq = %lane.keys.dlq,
                     error = %e,
                     retry_in = ?delay,
-                    "cannot write dead letter; the event stays pending (not acked) and the write is retried"
+                    "cannot write dead letter; the write is retried (until the drain ends: a broadcast message is not kept anywhere else)"
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
