@@ -6,7 +6,6 @@ use std::time::Duration;
 use crate::pipeline::Env;
 use crate::publish::Publisher;
 use crate::runtime::Handles;
-use crate::transport::redis::coalesce::Coalescer;
 use crate::transport::{Route, SharedConn, Transport};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::event::{Delivery, DomainEvent};
 use crate::handler::HandlerRegistration;
 use crate::handler::registry;
-use crate::runtime::lane::Subscriber;
+use crate::pipeline::Runner;
+use crate::runtime::lane::{Broadcast, Subscriber};
 use crate::runtime::stream::Reader;
 use crate::telemetry::{ConnStats, Health, Stats};
 
@@ -91,8 +91,7 @@ impl Bus {
             ));
         };
         let publisher = Publisher {
-            coalescer: Coalescer::spawn(conn.clone()),
-            conn: conn.clone(),
+            sender: transport.sender(),
             namespace: config.namespace.as_str().into(),
             source: config.service.as_str().into(),
             max_len: config.max_len,
@@ -179,7 +178,11 @@ impl Bus {
 
     /// The dead letters of this bus's namespace.
     pub fn dlq(&self) -> DeadLetters {
-        DeadLetters::new(self.inner.clone())
+        DeadLetters::new(
+            self.inner.transport.clone(),
+            self.inner.config.namespace.as_str().into(),
+            self.inner.config.max_len,
+        )
     }
 
     /// The state of the bus's shared connection (publishing, acks, claims, dead letters), with
@@ -238,10 +241,25 @@ impl Bus {
             None
         } else {
             let subscriber = Subscriber::new(
-                self.inner.clone(),
-                &broadcast,
+                Broadcast::new(
+                    &self.inner.config,
+                    self.inner.transport.clone(),
+                    self.inner.alone.clone(),
+                ),
+                broadcast
+                    .iter()
+                    .map(|handler| {
+                        // Broadcast queues drain at shutdown (nothing would redeliver them): no
+                        // cancel token.
+                        Runner::new(
+                            &self.inner.handles.env,
+                            handler,
+                            CancellationToken::new(),
+                            abort.clone(),
+                        )
+                    })
+                    .collect(),
                 cancel.clone(),
-                abort.clone(),
                 tracker.clone(),
             );
             let subscriber = subscriber.connect().await?;

@@ -1,83 +1,15 @@
-//! Dead letters: written together with the ack in one server-side step, listed, replayed
-//! atomically, removed.
-//!
-//! Every write here is a Lua script run in the event's hash slot (`<ns>:{<event>}`, its `:dlq`
-//! and `:attempts` keys share the slot), because `MULTI`/`EXEC` runs the `XACK` even when the
-//! `XADD` of the dead letter fails at run time (`WRONGTYPE`): only a script can stop halfway
-//! *before* the ack. Scripts go out as `EVALSHA`, and as `EVAL` (which also caches them) when
-//! the server answers `NOSCRIPT`: the ACL needs `+evalsha +eval`, plus the commands the scripts
-//! call (`xpending xadd xack hdel xrange xinfo|groups xdel publish`).
+//! Dead letters: listed, replayed atomically, removed. The transport writes them together with
+//! the ack of their original (see `transport::dead_letters`); this facade reads their fields.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use redis::streams::StreamRangeReply;
-use redis::{Script, Value};
-
-use crate::bus::BusInner;
 use crate::envelope::{self, EventId};
 use crate::error::{Error, Result};
+use crate::transport::dead_letters::{Replay, Republish};
 use crate::transport::keys::EventKeys;
-use crate::transport::redis::script::{Lua, push};
-use crate::transport::{self, SharedConn};
-
-/// Durable replay. KEYS: dlq, stream. ARGV: letter entry id, handler (group), envelope,
-/// max length (`""` for none). Returns 1 (re-added, letter deleted), 0 (no such letter), -1 (no
-/// stream), -2 (the handler has no group on the stream); nothing is written unless 1.
-const REPLAY_LUA: &str = r#"
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
-  return 0
-end
-local groups = redis.pcall('XINFO', 'GROUPS', KEYS[2])
-if type(groups) == 'table' and groups.err then
-  if string.sub(groups.err, 1, 4) == 'ERR ' then
-    return -1
-  end
-  return groups
-end
-local found = false
-for _, group in ipairs(groups) do
-  for i = 1, #group - 1, 2 do
-    if group[i] == 'name' and group[i + 1] == ARGV[2] then
-      found = true
-    end
-  end
-end
-if not found then
-  return -2
-end
-if ARGV[4] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'envelope', ARGV[3], 'handler', ARGV[2])
-else
-  redis.call('XADD', KEYS[2], '*', 'envelope', ARGV[3], 'handler', ARGV[2])
-end
-redis.call('XDEL', KEYS[1], ARGV[1])
-return 1
-"#;
-
-/// Broadcast replay. KEYS: dlq. ARGV: letter entry id, channel, payload. Returns -1 (no such
-/// letter) or the number of subscribers that received the message; the letter is deleted only
-/// when that number is above 0.
-const REPLAY_BROADCAST_LUA: &str = r#"
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
-  return -1
-end
-local receivers = redis.call('PUBLISH', ARGV[2], ARGV[3])
-if receivers > 0 then
-  redis.call('XDEL', KEYS[1], ARGV[1])
-end
-return receivers
-"#;
-
-static REPLAY: Lua = Lua {
-    source: REPLAY_LUA,
-    script: LazyLock::new(|| Script::new(REPLAY_LUA)),
-};
-static REPLAY_BROADCAST: Lua = Lua {
-    source: REPLAY_BROADCAST_LUA,
-    script: LazyLock::new(|| Script::new(REPLAY_BROADCAST_LUA)),
-};
+use crate::transport::source::Entry;
+use crate::transport::{self, Transport};
 
 /// One dead letter: an event a handler could not handle, with why.
 #[derive(Debug, Clone)]
@@ -115,48 +47,36 @@ pub struct DeadLetter {
 /// ```
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
-    bus: Arc<BusInner>,
+    transport: Transport,
+    namespace: Arc<str>,
+    /// The streams' `MAXLEN ~`, for durable replays.
+    max_len: Option<usize>,
 }
 
 impl DeadLetters {
-    pub(crate) fn new(bus: Arc<BusInner>) -> Self {
-        Self { bus }
+    pub(crate) fn new(transport: Transport, namespace: Arc<str>, max_len: Option<usize>) -> Self {
+        Self {
+            transport,
+            namespace,
+            max_len,
+        }
     }
 
-    fn conn(&self) -> SharedConn {
-        self.bus.conn.clone()
-    }
-
-    /// Every dead-letter stream of the namespace, and the event of each: `SCAN` with the
-    /// namespace escaped in the pattern, then only the keys that are exactly
-    /// `<namespace>:{<event name>}:dlq` (another namespace's keys can match a pattern).
+    /// Every dead-letter store of the namespace, and the event of each: only the keys that are
+    /// exactly `<namespace>:{<event name>}:dlq` (the transport's search may find another
+    /// namespace's keys too).
     async fn keys(&self) -> Result<Vec<(String, String)>> {
-        let namespace = &self.bus.config.namespace;
-        let pattern = dlq_pattern(namespace);
-        let mut conn = self.conn();
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("stream")
-                .query_async(&mut conn)
-                .await
-                .map_err(crate::transport::redis::errors::to_error("SCAN"))?;
-            keys.extend(batch.into_iter().filter_map(|key| {
+        let namespace = &*self.namespace;
+        let mut keys: Vec<(String, String)> = self
+            .transport
+            .dead_letter_keys(namespace)
+            .await?
+            .into_iter()
+            .filter_map(|key| {
                 let event = event_of_key(namespace, &key)?.to_owned();
                 Some((key, event))
-            }));
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+            })
+            .collect();
         keys.sort();
         keys.dedup();
         Ok(keys)
@@ -169,18 +89,9 @@ impl DeadLetters {
     /// [`Error::Transport`] when Redis fails.
     pub async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut all = Vec::new();
-        let mut conn = self.conn();
         for (key, event) in self.keys().await? {
-            let reply: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit)
-                .query_async(&mut conn)
-                .await
-                .map_err(crate::transport::redis::errors::to_error("XRANGE"))?;
-            all.extend(reply.ids.into_iter().map(|e| parse(&event, &e.id, &e.map)));
+            let letters = self.transport.dead_letters(&key, limit).await?;
+            all.extend(letters.iter().map(|letter| parse(&event, letter)));
         }
         all.sort_by(|a, b| (a.failed_at, &a.id).cmp(&(b.failed_at, &b.id)));
         all.truncate(limit);
@@ -209,20 +120,11 @@ impl DeadLetters {
     /// subscriber): the letter is kept, start the service and replay again; or [`Error::Transport`].
     pub async fn replay(&self, id: &str) -> Result<()> {
         let (key, entry, event) = self.locate(id)?;
-        let mut conn = self.conn();
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&key)
-            .arg(entry)
-            .arg(entry)
-            .query_async(&mut conn)
-            .await
-            .map_err(crate::transport::redis::errors::to_error("XRANGE"))?;
-        let Some(found) = reply.ids.into_iter().next() else {
+        let Some(found) = self.transport.dead_letter(&key, entry).await? else {
             return Err(Error::DeadLetterNotFound(id.to_owned()));
         };
-        let text = |name: &str| found.map.get(name).and_then(as_text).unwrap_or_default();
-        let raw = text("envelope");
-        let handler = text("handler");
+        let raw = text(&found, "envelope");
+        let handler = text(&found, "handler");
         if handler.is_empty() {
             return Err(Error::Replay {
                 id: id.to_owned(),
@@ -235,43 +137,29 @@ impl DeadLetters {
                 reason: format!("its envelope is not a valid event: {rejected}"),
             });
         }
-        if text("delivery") == "broadcast" {
+        if text(&found, "delivery") == "broadcast" {
             return self
                 .replay_broadcast(id, &key, entry, event, &raw, &handler)
                 .await;
         }
-        let EventKeys { stream, .. } = EventKeys::new(&self.bus.config.namespace, event);
-        let mut args = Vec::with_capacity(4);
-        push(&mut args, entry);
-        push(&mut args, &handler);
-        push(&mut args, &raw);
-        push(
-            &mut args,
-            self.bus
-                .config
-                .max_len
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-        );
-        let code: i64 = REPLAY
-            .run(&mut conn, &[&key, &stream], &args)
-            .await
-            .map_err(crate::transport::redis::errors::to_error(
-                "EVALSHA (replay)",
-            ))?;
-        match code {
-            1 => {
+        let EventKeys { stream, .. } = EventKeys::new(&self.namespace, event);
+        let replayed = self
+            .transport
+            .replay_durable(&key, entry, &stream, &handler, &raw, self.max_len)
+            .await?;
+        match replayed {
+            Replay::Replayed => {
                 tracing::info!(dead_letter = id, handler = %handler, "dead letter replayed");
                 Ok(())
             }
-            0 => Err(Error::DeadLetterNotFound(id.to_owned())),
-            -1 => Err(Error::Replay {
+            Replay::NoLetter => Err(Error::DeadLetterNotFound(id.to_owned())),
+            Replay::NoStream => Err(Error::Replay {
                 id: id.to_owned(),
                 reason: format!(
                     "the stream `{stream}` does not exist, so handler `{handler}` could not receive it; the dead letter is kept: start a service that runs `{handler}` (it creates the stream and the group) and replay again"
                 ),
             }),
-            _ => Err(Error::Replay {
+            Replay::NoGroup => Err(Error::Replay {
                 id: id.to_owned(),
                 reason: format!(
                     "handler `{handler}` has no consumer group on the stream `{stream}`, so nothing would ever read it; the dead letter is kept: start a service that runs `{handler}` (it creates its group) and replay again"
@@ -300,27 +188,20 @@ impl DeadLetters {
             })?;
         envelope.insert(envelope::ATTR_HANDLER.to_owned(), handler.into());
         let payload = serde_json::Value::Object(envelope).to_string();
-        let channel = transport::channel_key(&self.bus.config.namespace, event);
-        let mut conn = self.conn();
-        let mut args = Vec::with_capacity(3);
-        push(&mut args, entry);
-        push(&mut args, &channel);
-        push(&mut args, &payload);
-        let receivers: i64 = REPLAY_BROADCAST
-            .run(&mut conn, &[key], &args)
-            .await
-            .map_err(crate::transport::redis::errors::to_error(
-                "EVALSHA (replay)",
-            ))?;
-        match receivers {
-            r if r < 0 => Err(Error::DeadLetterNotFound(id.to_owned())),
-            0 => Err(Error::Replay {
+        let channel = transport::channel_key(&self.namespace, event);
+        let republished = self
+            .transport
+            .replay_broadcast(key, entry, &channel, &payload)
+            .await?;
+        match republished {
+            Republish::NoLetter => Err(Error::DeadLetterNotFound(id.to_owned())),
+            Republish::Received(0) => Err(Error::Replay {
                 id: id.to_owned(),
                 reason: format!(
                     "no subscriber of channel `{channel}` is listening, so handler `{handler}` could not receive it; the dead letter is kept: start a service that runs `{handler}` and replay again"
                 ),
             }),
-            r => {
+            Republish::Received(r) => {
                 tracing::info!(dead_letter = id, handler = %handler, receivers = r, "broadcast dead letter republished");
                 Ok(())
             }
@@ -334,14 +215,7 @@ impl DeadLetters {
     /// [`Error::DeadLetterNotFound`] or [`Error::Transport`].
     pub async fn remove(&self, id: &str) -> Result<()> {
         let (key, entry, _) = self.locate(id)?;
-        let mut conn = self.conn();
-        let n: i64 = redis::cmd("XDEL")
-            .arg(&key)
-            .arg(entry)
-            .query_async(&mut conn)
-            .await
-            .map_err(crate::transport::redis::errors::to_error("XDEL"))?;
-        if n == 0 {
+        if !self.transport.remove_dead_letter(&key, entry).await? {
             return Err(Error::DeadLetterNotFound(id.to_owned()));
         }
         Ok(())
@@ -354,19 +228,9 @@ impl DeadLetters {
     ///
     /// [`Error::Transport`] when Redis fails.
     pub async fn purge(&self) -> Result<usize> {
-        let mut conn = self.conn();
         let mut total = 0;
         for (key, _) in self.keys().await? {
-            let (len, _): (usize, i64) = redis::pipe()
-                .atomic()
-                .cmd("XLEN")
-                .arg(&key)
-                .cmd("DEL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .map_err(crate::transport::redis::errors::to_error("DEL"))?;
-            total += len;
+            total += self.transport.delete_dead_letters(&key).await?;
         }
         Ok(total)
     }
@@ -379,26 +243,8 @@ impl DeadLetters {
         if !is_event_name(event) || entry.is_empty() {
             return Err(Error::DeadLetterNotFound(id.to_owned()));
         }
-        Ok((
-            transport::dlq_key(&self.bus.config.namespace, event),
-            entry,
-            event,
-        ))
+        Ok((transport::dlq_key(&self.namespace, event), entry, event))
     }
-}
-
-/// The `SCAN MATCH` pattern of a namespace's dead-letter keys, `<ns>:{*}:dlq`, with every glob
-/// metacharacter of the namespace (`\ * ? [ ]`) escaped so that it matches only itself.
-fn dlq_pattern(namespace: &str) -> String {
-    let mut pattern = String::with_capacity(namespace.len() + 8);
-    for c in namespace.chars() {
-        if matches!(c, '\\' | '*' | '?' | '[' | ']') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push_str(":{*}:dlq");
-    pattern
 }
 
 /// The event of `key` when it is exactly a dead-letter key of `namespace`
@@ -416,22 +262,22 @@ fn is_event_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn as_text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
+/// Field `name` of a letter as text (lossy UTF-8); empty when it has none.
+fn text(letter: &Entry, name: &str) -> String {
+    letter
+        .field(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
 }
 
-fn parse(event: &str, entry: &str, map: &HashMap<String, Value>) -> DeadLetter {
-    let text = |name: &str| map.get(name).and_then(as_text).unwrap_or_default();
+/// A dead letter of `event` from its fields.
+fn parse(event: &str, letter: &Entry) -> DeadLetter {
+    let text = |name: &str| text(letter, name);
     let raw = text("envelope");
     let failed_at =
         humantime::parse_rfc3339_weak(&text("failed_at")).unwrap_or(SystemTime::UNIX_EPOCH);
     DeadLetter {
-        id: format!("{event}/{entry}"),
+        id: format!("{event}/{}", letter.id),
         event_id: Some(text("event_id"))
             .filter(|s| !s.is_empty())
             .map(EventId::from),
@@ -448,13 +294,6 @@ fn parse(event: &str, entry: &str, map: &HashMap<String, Value>) -> DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_scan_pattern_escapes_glob_characters_of_the_namespace() {
-        assert_eq!(dlq_pattern("events"), "events:{*}:dlq");
-        assert_eq!(dlq_pattern(r"a\b"), r"a\\b:{*}:dlq");
-        assert_eq!(dlq_pattern("a*b?[c]"), r"a\*b\?\[c\]:{*}:dlq");
-    }
 
     #[test]
     fn only_exact_dead_letter_keys_of_the_namespace_are_taken() {

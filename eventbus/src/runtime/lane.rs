@@ -1,25 +1,23 @@
-//! Broadcast delivery: one Pub/Sub connection per bus for every broadcast channel, a bounded
-//! queue per handler, and the same pipeline as durable handlers (without acks).
+//! Broadcast delivery: one subscription per bus for every broadcast channel, a bounded queue
+//! per handler, and the same pipeline as durable handlers (without acks).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::BusInner;
-use crate::config::Overflow;
-use crate::error::Result;
-use crate::handler::HandlerRegistration;
-use crate::pipeline::Failure;
-use crate::pipeline::{Outcome, Runner};
+use crate::config::{Config, Overflow};
+use crate::error::{Result, TransportError};
+use crate::pipeline::{Failure, Outcome, Runner};
+use crate::runtime::settle::dead_letter;
 use crate::telemetry::Stats;
-use crate::transport;
+use crate::transport::stream::Stream;
+use crate::transport::subscribe::{Received, Subscription};
+use crate::transport::{self, Transport};
 
 /// One received message. Every handler's queue holds the same allocation: a message is copied
 /// out of the connection's buffer once, never once per handler.
@@ -110,15 +108,50 @@ impl Queue {
     }
 }
 
-/// One broadcast handler: its pipeline and its queue.
+/// What the broadcast subscriber uses of its bus: the transport, the settings of its queues,
+/// and the process-wide lock every handler run shares.
+pub(crate) struct Broadcast {
+    pub(crate) transport: Transport,
+    pub(crate) namespace: Arc<str>,
+    /// This process's consumer name.
+    pub(crate) consumer: Arc<str>,
+    pub(crate) max_payload: usize,
+    /// Per-handler queue bounds (`broadcast_queue`, `broadcast_queue_bytes`) and what a full
+    /// queue drops.
+    pub(crate) queue: usize,
+    pub(crate) queue_bytes: usize,
+    pub(crate) overflow: Overflow,
+    /// Every handler run in this process holds it shared; a durable suspect holds it
+    /// exclusively, so it runs alone in the process.
+    pub(crate) alone: Arc<RwLock<()>>,
+}
+
+impl Broadcast {
+    pub(crate) fn new(config: &Config, transport: Transport, alone: Arc<RwLock<()>>) -> Broadcast {
+        Broadcast {
+            transport,
+            namespace: config.namespace.as_str().into(),
+            consumer: config.consumer.as_str().into(),
+            max_payload: config.max_payload,
+            queue: config.broadcast_queue,
+            queue_bytes: config.broadcast_queue_bytes,
+            overflow: config.broadcast_overflow,
+            alone,
+        }
+    }
+}
+
+/// One broadcast handler: its pipeline, its queue and where its dead letters go.
 struct Lane {
     runner: Arc<Runner>,
     queue: Arc<Queue>,
+    /// Where its dead letters go.
+    stream: Stream,
 }
 
 /// The subscriber of one bus.
 pub(crate) struct Subscriber {
-    bus: Arc<BusInner>,
+    bus: Arc<Broadcast>,
     /// Channel name → the lanes of the handlers subscribed to it.
     routes: HashMap<String, Vec<Arc<Lane>>>,
     lanes: Vec<Arc<Lane>>,
@@ -126,50 +159,46 @@ pub(crate) struct Subscriber {
     conn_stats: Vec<Arc<Stats>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
-    sink: Option<PubSubSink>,
-    stream: Option<PubSubStream>,
+    subscription: Option<Subscription>,
     /// Dead letters of oversized messages being written (at most [`MAX_PENDING_REJECTS`]).
     rejects: Arc<Semaphore>,
 }
 
 impl Subscriber {
+    /// A subscriber running one pipeline per broadcast handler (`runners`: their queues drain at
+    /// shutdown, as nothing would redeliver them).
     pub(crate) fn new(
-        bus: Arc<BusInner>,
-        handlers: &[&'static HandlerRegistration],
+        bus: Broadcast,
+        runners: Vec<Runner>,
         cancel: CancellationToken,
-        abort: CancellationToken,
         tracker: TaskTracker,
     ) -> Subscriber {
         let mut routes: HashMap<String, Vec<Arc<Lane>>> = HashMap::new();
         let mut lanes = Vec::new();
-        for handler in handlers {
-            // Broadcast queues drain at shutdown (nothing would redeliver them): no cancel token.
-            let runner = Arc::new(Runner::new(
-                &bus.handles.env,
-                handler,
-                CancellationToken::new(),
-                abort.clone(),
-            ));
-            let queue = Arc::new(Queue::new(
-                bus.config.broadcast_queue,
-                bus.config.broadcast_queue_bytes,
-                bus.config.broadcast_overflow,
-            ));
-            let lane = Arc::new(Lane { runner, queue });
-            let channel = transport::channel_key(&bus.config.namespace, handler.event_name);
+        for runner in runners {
+            let event = runner.handler.event_name;
+            let queue = Arc::new(Queue::new(bus.queue, bus.queue_bytes, bus.overflow));
+            let stream =
+                bus.transport
+                    .stream(&bus.namespace, event, runner.handler.name, &bus.consumer);
+            let lane = Arc::new(Lane {
+                runner: Arc::new(runner),
+                queue,
+                stream,
+            });
+            let channel = transport::channel_key(&bus.namespace, event);
             routes.entry(channel).or_default().push(lane.clone());
             lanes.push(lane);
         }
         let conn_stats = lanes.iter().map(|l| l.runner.stats.clone()).collect();
         Subscriber {
-            bus,
+            bus: Arc::new(bus),
             routes,
             lanes,
             conn_stats,
             cancel,
             tracker,
-            sink: None,
-            stream: None,
+            subscription: None,
             rejects: Arc::new(Semaphore::new(MAX_PENDING_REJECTS)),
         }
     }
@@ -182,48 +211,20 @@ impl Subscriber {
             .collect()
     }
 
-    /// Connects and subscribes every channel; returns once Redis has confirmed them all, or
-    /// fails after the connect timeout (a frozen server accepts connections but never answers).
-    pub(crate) async fn subscribe(&mut self) -> redis::RedisResult<()> {
-        let limit = self.bus.config.connect_timeout;
-        let subscribed = async {
-            let Some(redis) = self.bus.transport.redis() else {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "broadcast over this transport is not wired yet",
-                )));
-            };
-            let mut pubsub = redis.client.get_async_pubsub().await?;
-            let mut channels: Vec<&String> = self.routes.keys().collect();
-            channels.sort();
-            pubsub.subscribe(channels).await?;
-            Ok::<_, redis::RedisError>(pubsub.split())
-        };
-        let (sink, stream) = match tokio::time::timeout(limit, subscribed).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("SUBSCRIBE was not confirmed within {limit:?}"),
-                )
-                .into());
-            }
-        };
-        self.sink = Some(sink);
-        self.stream = Some(stream);
+    /// Subscribes every channel; returns once the transport has confirmed them all, or fails
+    /// after the connect timeout.
+    async fn subscribe(&mut self) -> std::result::Result<(), TransportError> {
+        let mut channels: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        channels.sort_unstable();
+        self.subscription = Some(self.bus.transport.subscribe(&channels).await?);
         self.set_connected(true);
         Ok(())
     }
 
-    /// Connects and subscribes at start-up.
+    /// Subscribes at start-up.
     pub(crate) async fn connect(mut self) -> Result<Subscriber> {
         if let Err(source) = self.subscribe().await {
-            return Err(match source.code() {
-                Some("NOPERM") => crate::transport::redis::errors::to_error("SUBSCRIBE")(source),
-                _ => {
-                    crate::transport::redis::errors::unreachable(&self.bus.config.redis_url, source)
-                }
-            });
+            return Err(self.bus.transport.subscribe_error(source));
         }
         Ok(self)
     }
@@ -264,15 +265,12 @@ impl Subscriber {
         // When the connection drops soon after a resubscribe, the next attempt waits (with
         // backoff): a server that keeps closing it must not see a tight reconnect loop.
         let mut subscribed_at = tokio::time::Instant::now();
-        let ping_every = self.bus.config.block_time.max(Duration::from_millis(100));
-        let mut ping = tokio::time::interval(ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let cancel = self.cancel.clone();
         loop {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let Some(stream) = self.stream.as_mut() else {
+            let Some(subscription) = self.subscription.as_mut() else {
                 // Disconnected: resubscribe with backoff. Events published meanwhile are lost.
                 if subscribed_at.elapsed() < Duration::from_secs(1) {
                     let d = retry_delay;
@@ -314,35 +312,19 @@ impl Subscriber {
                 continue;
             };
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => {
+                received = subscription.recv() => match received {
+                    Received::Message(msg) => {
                         retry_delay = Duration::from_millis(100); // the connection works
-                        self.receive(msg.get_channel_name(), msg.get_payload_bytes());
+                        self.receive(msg.channel(), msg.payload());
                     }
-                    None => self.disconnected("the connection closed"),
+                    Received::Alive => retry_delay = Duration::from_millis(100),
+                    Received::Lost(why) => self.disconnected(&why),
                 },
-                _ = ping.tick() => {
-                    // A frozen server or a half-open connection shows only as silence: ping it.
-                    if let Some(sink) = self.sink.as_mut() {
-                        let timeout = self.bus.config.block_time + transport::BLOCK_MARGIN;
-                        // Subscribed (RESP2), PING answers `["pong", ""]`, not `PONG`: any reply.
-                        let reply = tokio::select! {
-                            r = tokio::time::timeout(timeout, sink.ping::<redis::Value>()) => r,
-                            () = cancel.cancelled() => break,
-                        };
-                        match reply {
-                            Ok(Ok(_)) => retry_delay = Duration::from_millis(100),
-                            Ok(Err(e)) => self.disconnected(&e.to_string()),
-                            Err(_) => self.disconnected("ping timed out"),
-                        }
-                    }
-                }
-                () = self.cancel.cancelled() => break,
+                () = cancel.cancelled() => break,
             }
         }
         // Unsubscribe first (closing the connection), then the workers drain their queues.
-        self.sink = None;
-        self.stream = None;
+        self.subscription = None;
         self.set_connected(false);
     }
 
@@ -354,7 +336,7 @@ impl Subscriber {
         let Some(lanes) = self.routes.get(channel) else {
             return;
         };
-        let max = self.bus.config.max_payload;
+        let max = self.bus.max_payload;
         if payload.len() > max {
             self.reject_oversized(lanes, payload);
             return;
@@ -376,7 +358,7 @@ impl Subscriber {
     /// (the subscriber never waits for Redis), with the reason and the envelope's first
     /// [`REJECTED_ENVELOPE_BYTES`] bytes, as the pipeline does for a durable entry.
     fn reject_oversized(&self, lanes: &[Arc<Lane>], payload: &[u8]) {
-        let max = self.bus.config.max_payload;
+        let max = self.bus.max_payload;
         let Ok(permit) = self.rejects.clone().try_acquire_owned() else {
             for lane in lanes {
                 count_dropped(
@@ -400,14 +382,9 @@ impl Subscriber {
             .into_owned(),
         };
         let lanes = lanes.to_vec();
-        let transport = self.bus.transport.clone();
-        let namespace = self.bus.config.namespace.clone();
-        let consumer = self.bus.config.consumer.clone();
         self.tracker.spawn(async move {
             for lane in &lanes {
-                let h = lane.runner.handler;
-                let stream = transport.stream(&namespace, h.event_name, h.name, &consumer);
-                crate::runtime::settle::dead_letter(&lane.runner, &stream, None, &failure).await;
+                dead_letter(&lane.runner, &lane.stream, None, &failure).await;
             }
             drop(permit);
         });
@@ -418,8 +395,7 @@ impl Subscriber {
             reason = why,
             "broadcast subscriber disconnected; reconnecting (events published until it resubscribes are lost)"
         );
-        self.sink = None;
-        self.stream = None;
+        self.subscription = None;
         self.set_connected(false);
         self.record(|s| &s.gaps, Some(format!("subscriber disconnected: {why}")));
     }
@@ -445,7 +421,7 @@ fn count_dropped(lane: &Lane, n: u64, why: &'static str) {
 /// what is queued (within the drain timeout; the abort token ends it).
 async fn work(
     lane: Arc<Lane>,
-    bus: Arc<BusInner>,
+    bus: Arc<Broadcast>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -472,21 +448,14 @@ async fn work(
             break;
         };
         let lane = lane.clone();
-        let h = lane.runner.handler;
-        let stream = bus.transport.stream(
-            &bus.config.namespace,
-            h.event_name,
-            h.name,
-            &bus.config.consumer,
-        );
-        let alone = bus.alone.clone();
+        let bus = bus.clone();
         tracker.spawn(async move {
             // Shared with every other run of the process; a durable suspect runs alone.
-            let _shared = alone.read_owned().await;
+            let _shared = bus.alone.clone().read_owned().await;
             match lane.runner.run(&item, 1).await {
                 Outcome::Ack => Stats::add(&lane.runner.stats.handled, 1),
                 Outcome::DeadLetter(failure) => {
-                    crate::runtime::settle::dead_letter(&lane.runner, &stream, None, &failure).await
+                    dead_letter(&lane.runner, &lane.stream, None, &failure).await
                 }
                 Outcome::Skip | Outcome::Lost | Outcome::Abandoned | Outcome::Released => {}
             }

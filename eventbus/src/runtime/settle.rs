@@ -8,9 +8,10 @@ use crate::telemetry::{Path, Stats};
 use crate::transport::settle::{Letter, Written};
 use crate::transport::stream::Stream;
 
-/// Writes the dead letter, and for a durable entry acks it in the same transaction. While that
-/// fails (ACL, OOM, Redis down) a durable original stays pending, unacked; the write is
-/// retried with backoff until it succeeds or shutdown abandons it.
+/// Writes the dead letter, and for a durable entry (`ack` = its id) acks it in the same step.
+/// While that fails (ACL, OOM, Redis down) a durable original stays pending, unacked; the write
+/// is retried with backoff until it succeeds or the drain ends (for a broadcast message, the
+/// letter is the only copy left).
 pub(crate) async fn dead_letter(
     runner: &Runner,
     stream: &Stream,
@@ -59,12 +60,17 @@ pub(crate) async fn dead_letter(
                     Path::DeadLetter,
                     Some(format!("cannot write dead letter: {e}")),
                 );
+                let at_stake = if ack.is_some() {
+                    "the event stays pending (not acked)"
+                } else {
+                    "a broadcast message is kept nowhere else"
+                };
                 tracing::error!(
                     handler = runner.handler.name,
                     dlq = %stream.keys.dlq,
                     error = %e,
                     retry_in = ?delay,
-                    "cannot write dead letter; the event stays pending (not acked) and the write is retried"
+                    "cannot write dead letter; {at_stake}, and the write is retried until the drain ends"
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

@@ -5,13 +5,16 @@
 //! Enum dispatch, as tokio's `scheduler::Handle`: no boxing on the hot path, no type parameter
 //! on `Bus`.
 
+pub(crate) mod dead_letters;
 pub(crate) mod keys;
 #[cfg(feature = "testing")]
 pub(crate) mod memory;
+pub(crate) mod publish;
 pub(crate) mod redis;
 pub(crate) mod settle;
 pub(crate) mod source;
 pub(crate) mod stream;
+pub(crate) mod subscribe;
 
 pub(crate) use self::keys::*;
 pub(crate) use self::redis::conn::*;

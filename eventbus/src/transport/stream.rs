@@ -257,11 +257,9 @@ impl Stream {
         ack: Option<&str>,
         letter: &Letter<'_>,
     ) -> TResult<Written> {
-        dispatch!(self,
-            r => crate::transport::redis::stream::settle::write_letter(&mut r.conn.clone(), &self.keys, self.group, ack, letter)
-                .await
-                .map_err(crate::transport::redis::errors::classify),
-            m => crate::transport::memory::stream_ops::dead_letter(m, self, ack, letter))
+        self.transport
+            .write_dead_letter(&self.keys, self.group, ack, letter)
+            .await
     }
 
     /// Removes this consumer from the group when it holds nothing pending.

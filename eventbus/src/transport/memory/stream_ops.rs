@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::{DurableRef, Memory};
-use crate::transport::keys::attempts_field;
+use crate::transport::keys::{EventKeys, attempts_field};
 use crate::transport::settle::{Letter, Written};
 use crate::transport::source::{Entry, parse_id};
 use crate::transport::stream::{Stream, TResult};
@@ -78,20 +78,21 @@ pub(crate) fn owned_and_charged(
 /// The dead letter, with the ack of a durable entry in the same step.
 pub(crate) fn dead_letter(
     m: &Memory,
-    s: &Stream,
+    keys: &EventKeys,
+    group: &str,
     ack: Option<&str>,
     letter: &Letter<'_>,
 ) -> TResult<Written> {
-    let field = ack.map(|id| attempts_field(s.group, id));
+    let field = ack.map(|id| attempts_field(group, id));
     let durable = match (ack, field.as_deref()) {
         (Some(id), Some(field)) => Some(DurableRef {
-            stream: &s.keys.stream,
-            group: s.group,
+            stream: &keys.stream,
+            group,
             id,
-            attempts_key: &s.keys.attempts,
+            attempts_key: &keys.attempts,
             attempts_field: field,
         }),
         _ => None,
     };
-    letter.with_fields(ack, |fields| m.dead_letter(&s.keys.dlq, durable, fields))
+    letter.with_fields(ack, |fields| m.dead_letter(&keys.dlq, durable, fields))
 }

@@ -122,14 +122,6 @@ pub(crate) fn to_error(op: &'static str) -> impl FnOnce(RedisError) -> Error {
     move |e| Error::transport(op)(classify(e))
 }
 
-/// As [`to_error`], naming the key in a permission error.
-pub(crate) fn to_error_key<'a>(
-    op: &'static str,
-    key: &'a str,
-) -> impl FnOnce(RedisError) -> Error + 'a {
-    move |e| Error::transport_key(op, key)(classify(e))
-}
-
 /// A start-up connection failure, with a hint that fits its cause.
 pub(crate) fn unreachable(url: &str, e: RedisError) -> Error {
     let source = classify(e);

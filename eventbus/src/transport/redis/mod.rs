@@ -2,8 +2,11 @@
 
 pub(crate) mod coalesce;
 pub(crate) mod conn;
+pub(crate) mod dead_letters;
 pub(crate) mod errors;
 pub(crate) mod preflight;
+pub(crate) mod publish;
+pub(crate) mod pubsub;
 pub(crate) mod script;
 pub(crate) mod stream;
 
