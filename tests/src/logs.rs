@@ -1,11 +1,23 @@
-//! Capturing `tracing` output in a test, as JSON lines, to assert on warnings and errors.
+//! `tracing` output in tests: [`init_tracing`] prints it (honours `RUST_LOG`); [`capture`]
+//! records it as JSON lines, to assert on warnings and errors.
 //!
-//! Install the subscriber with `tracing::subscriber::set_default` in a current-thread runtime
-//! test: every task of that runtime runs on the test thread, so the capture sees the bus's
-//! background readers too, and nothing from other tests running in parallel.
+//! Install the capturing subscriber with `tracing::subscriber::set_default` in a current-thread
+//! runtime test: every task of that runtime runs on the test thread, so the capture sees the
+//! bus's background readers too, and nothing from other tests running in parallel.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+
+/// Installs a test tracing subscriber once (honours `RUST_LOG`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
 
 /// Events captured so far (`WARN` and above unless another level was asked for).
 #[derive(Debug, Clone, Default)]

@@ -189,7 +189,7 @@ impl TlsRedisServer {
             .expect("create temp dir");
         let mut last_error = String::new();
         for _ in 0..5 {
-            let port = crate::free_port();
+            let port = crate::server::free_port();
             let log = dir.path().join("redis.log");
             let child = Command::new("redis-server")
                 .args(["--port", "0", "--bind", "127.0.0.1"])
