@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::pipeline::Env;
 use crate::publish::Publisher;
 use crate::runtime::Handles;
-use crate::transport::{Route, SharedConn, Transport};
+use crate::transport::{Route, Transport};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,7 +49,6 @@ pub struct Bus {
 pub(crate) struct BusInner {
     pub(crate) config: Arc<Config>,
     pub(crate) transport: Transport,
-    pub(crate) conn: SharedConn,
     pub(crate) handlers: Vec<&'static HandlerRegistration>,
     pub(crate) publisher: Publisher,
     /// Every handler run in this process holds it shared; a suspect (an entry redelivered
@@ -61,6 +60,12 @@ pub(crate) struct BusInner {
 }
 
 impl Bus {
+    /// The bus's parts, for the test bus.
+    #[cfg(feature = "testing")]
+    pub(crate) fn inner(&self) -> &BusInner {
+        &self.inner
+    }
+
     /// A builder with every setting at its default.
     pub fn builder() -> BusBuilder {
         BusBuilder::default()
@@ -76,20 +81,31 @@ impl Bus {
     }
 
     pub(crate) async fn connect(builder: &BusBuilder) -> Result<Bus> {
-        let config = builder.config()?;
-        let all_handlers = registry::all_handlers()?;
-        let states = Arc::new(builder.states.clone());
-        let handlers = registry::select(&all_handlers, config.handlers.as_deref(), &states)?;
-        let config = Arc::new(config);
+        let config = Arc::new(builder.config()?);
+        let (handlers, registered) = select_handlers(builder, &config)?;
         let routes: Vec<Route> = handlers.iter().map(|h| h.route()).collect();
         let transport = Transport::connect(config.clone(), &routes).await?;
-        let Some(conn) = transport.redis().map(|r| r.conn.clone()) else {
-            return Err(Error::config(
-                "transport",
-                "memory",
-                "Bus::connect builds a Redis bus; the in-memory transport is built by the testing module",
-            ));
-        };
+        Ok(Bus::assemble(
+            builder,
+            config,
+            handlers,
+            registered,
+            transport,
+            #[cfg(feature = "testing")]
+            None,
+        ))
+    }
+
+    /// A bus over `transport` (connected and checked), running `handlers`.
+    pub(crate) fn assemble(
+        builder: &BusBuilder,
+        config: Arc<Config>,
+        handlers: Vec<&'static HandlerRegistration>,
+        registered: usize,
+        transport: Transport,
+        #[cfg(feature = "testing")] handled: Option<Arc<crate::telemetry::HandledLog>>,
+    ) -> Bus {
+        let states = Arc::new(builder.states.clone());
         let publisher = Publisher {
             sender: transport.sender(),
             namespace: config.namespace.as_str().into(),
@@ -102,7 +118,7 @@ impl Bus {
             namespace = %config.namespace,
             consumer = %config.consumer,
             handlers = handlers.len(),
-            registered = all_handlers.len(),
+            registered,
             "eventbus connected"
         );
         let alone = Arc::new(tokio::sync::RwLock::new(()));
@@ -111,21 +127,22 @@ impl Bus {
                 config: config.clone(),
                 publisher: publisher.clone(),
                 states: states.clone(),
+                #[cfg(feature = "testing")]
+                handled: handled.clone(),
             },
             transport: transport.clone(),
             alone: alone.clone(),
         };
-        Ok(Bus {
+        Bus {
             inner: Arc::new(BusInner {
                 config,
                 transport,
-                conn,
                 handlers,
                 publisher,
                 alone,
                 handles,
             }),
-        })
+        }
     }
 
     /// Publishes an event durably (`XADD` to its stream) and returns its id.
@@ -190,7 +207,7 @@ impl Bus {
     /// [`RunningBus::health`] adds its readers.
     pub fn health(&self) -> Health {
         Health {
-            connection: self.inner.conn.stats().snapshot(),
+            connection: self.inner.transport.conn_stats().snapshot(),
             readers: Vec::new(),
         }
     }
@@ -237,6 +254,7 @@ impl Bus {
             stats.push(reader.stats());
             readers.push(reader.connect().await?);
         }
+        let mut broadcast_idle = None;
         let subscriber = if broadcast.is_empty() {
             None
         } else {
@@ -264,6 +282,7 @@ impl Bus {
             );
             let subscriber = subscriber.connect().await?;
             stats.extend(subscriber.stats());
+            broadcast_idle = Some(subscriber.idle_probe());
             Some(subscriber)
         };
         stats.sort_by_key(|(name, _)| *name);
@@ -280,7 +299,8 @@ impl Bus {
             "eventbus started"
         );
         Ok(RunningBus {
-            conn_stats: self.inner.conn.stats().clone(),
+            conn_stats: self.inner.transport.conn_stats(),
+            broadcast_idle,
             stats,
             cancel,
             abort,
@@ -325,6 +345,9 @@ async fn shutdown_signal() -> Result<()> {
 #[must_use = "dropping a RunningBus stops it at once; call `shutdown().await` to drain"]
 pub struct RunningBus {
     conn_stats: Arc<ConnStats>,
+    /// Whether the broadcast lanes are idle (`None`: no broadcast handler).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) broadcast_idle: Option<crate::runtime::lane::LanesIdle>,
     stats: Vec<(&'static str, Arc<Stats>)>,
     cancel: CancellationToken,
     abort: CancellationToken,
@@ -385,6 +408,16 @@ impl RunningBus {
     }
 }
 
+impl RunningBus {
+    /// Stops as a killed process would: running attempts are abandoned at once, nothing more is
+    /// acked, dead-lettered or handed back. For `testing::TestBus::crash`.
+    #[cfg(feature = "testing")]
+    pub(crate) fn crash(self) {
+        self.abort.cancel();
+        self.cancel.cancel();
+    }
+}
+
 /// How long [`RunningBus::shutdown`] waits past the drain timeout for abandoned tasks to end.
 pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 
@@ -416,4 +449,15 @@ impl BusBuilder {
     pub async fn build(&mut self) -> Result<Bus> {
         Bus::connect(self).await
     }
+}
+
+/// The handlers `builder` selects (all registered ones unless `.handlers([...])` names some),
+/// checked for duplicates, names and missing state; and how many are registered.
+pub(crate) fn select_handlers(
+    builder: &BusBuilder,
+    config: &Config,
+) -> Result<(Vec<&'static HandlerRegistration>, usize)> {
+    let all_handlers = registry::all_handlers()?;
+    let handlers = registry::select(&all_handlers, config.handlers.as_deref(), &builder.states)?;
+    Ok((handlers, all_handlers.len()))
 }

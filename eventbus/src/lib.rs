@@ -56,6 +56,9 @@ mod runtime;
 // L6 facades
 mod bus;
 mod dlq;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod __private {

@@ -72,6 +72,9 @@ pub(crate) struct Env {
     pub(crate) config: Arc<Config>,
     pub(crate) publisher: Publisher,
     pub(crate) states: Arc<States>,
+    /// Where a test bus records what each handler handled.
+    #[cfg(feature = "testing")]
+    pub(crate) handled: Option<Arc<crate::telemetry::HandledLog>>,
 }
 
 /// What the pipeline knows of a delivery's history and where to record new charges.
@@ -299,6 +302,10 @@ impl Runner {
             match result {
                 Ok(()) => {
                     span.in_scope(|| tracing::debug!("handled"));
+                    #[cfg(feature = "testing")]
+                    if let Some(log) = &self.env.handled {
+                        log.record(self.handler.name, &env.id);
+                    }
                     return Outcome::Ack;
                 }
                 // Undecodable data: retrying cannot help.

@@ -147,6 +147,31 @@ struct Lane {
     queue: Arc<Queue>,
     /// Where its dead letters go.
     stream: Stream,
+    /// Its run slots (the handler's concurrency).
+    runs: Arc<Semaphore>,
+}
+
+/// Whether a subscriber's lanes are idle: nothing queued, nothing running. For
+/// `testing::TestBus::run_until_idle`.
+#[derive(Clone)]
+pub(crate) struct LanesIdle(Vec<Arc<Lane>>);
+
+impl std::fmt::Debug for LanesIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LanesIdle")
+            .field("lanes", &self.0.len())
+            .finish()
+    }
+}
+
+impl LanesIdle {
+    /// True when every lane's queue is empty and all its run slots are free.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn is_idle(&self) -> bool {
+        self.0.iter().all(|l| {
+            l.queue.lock().items.is_empty() && l.runs.available_permits() == l.runner.concurrency()
+        })
+    }
 }
 
 /// The subscriber of one bus.
@@ -181,10 +206,12 @@ impl Subscriber {
             let stream =
                 bus.transport
                     .stream(&bus.namespace, event, runner.handler.name, &bus.consumer);
+            let runs = Arc::new(Semaphore::new(runner.concurrency()));
             let lane = Arc::new(Lane {
                 runner: Arc::new(runner),
                 queue,
                 stream,
+                runs,
             });
             let channel = transport::channel_key(&bus.namespace, event);
             routes.entry(channel).or_default().push(lane.clone());
@@ -204,6 +231,11 @@ impl Subscriber {
     }
 
     /// The handlers' counters, for [`Health`](crate::Health).
+    /// A probe of whether its lanes are idle.
+    pub(crate) fn idle_probe(&self) -> LanesIdle {
+        LanesIdle(self.lanes.clone())
+    }
+
     pub(crate) fn stats(&self) -> Vec<(&'static str, Arc<Stats>)> {
         self.lanes
             .iter()
@@ -425,7 +457,7 @@ async fn work(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let semaphore = Arc::new(Semaphore::new(lane.runner.concurrency()));
+    let semaphore = lane.runs.clone();
     loop {
         // Take a run slot before taking an event: an event popped while every slot is busy would
         // wait outside the queue, beyond its capacity and out of reach of `DropOldest`.

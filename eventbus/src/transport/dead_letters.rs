@@ -64,6 +64,8 @@ impl Transport {
     pub(crate) async fn dead_letter_keys(&self, namespace: &str) -> Result<Vec<String>> {
         match self {
             Transport::Redis(redis) => redis.dead_letter_keys(namespace).await,
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => Ok(m.dead_letter_keys(namespace)),
         }
     }
 
@@ -71,6 +73,8 @@ impl Transport {
     pub(crate) async fn dead_letters(&self, key: &str, count: usize) -> Result<Vec<Entry>> {
         match self {
             Transport::Redis(redis) => redis.dead_letters(key, count).await,
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => Ok(m.dead_letters(key, count)),
         }
     }
 
@@ -78,6 +82,8 @@ impl Transport {
     pub(crate) async fn dead_letter(&self, key: &str, id: &str) -> Result<Option<Entry>> {
         match self {
             Transport::Redis(redis) => redis.dead_letter(key, id).await,
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => Ok(m.xrange_one(key, id)),
         }
     }
 
@@ -100,6 +106,9 @@ impl Transport {
                     .replay_durable(key, id, stream, handler, envelope, max_len)
                     .await
             }
+            // The in-memory store does not trim on replay: `max_len` is approximate anyway.
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => m.replay_durable(key, id, stream, handler, envelope),
         }
     }
 
@@ -115,6 +124,8 @@ impl Transport {
     ) -> Result<Republish> {
         match self {
             Transport::Redis(redis) => redis.replay_broadcast(key, id, channel, payload).await,
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => Ok(m.replay_broadcast(key, id, channel, payload)),
         }
     }
 
@@ -122,6 +133,8 @@ impl Transport {
     pub(crate) async fn remove_dead_letter(&self, key: &str, id: &str) -> Result<bool> {
         match self {
             Transport::Redis(redis) => redis.remove_dead_letter(key, id).await,
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => Ok(m.xdel(key, id) > 0),
         }
     }
 
@@ -130,6 +143,8 @@ impl Transport {
     pub(crate) async fn delete_dead_letters(&self, key: &str) -> Result<usize> {
         match self {
             Transport::Redis(redis) => redis.delete_dead_letters(key).await,
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => Ok(m.delete_dead_letters(key)),
         }
     }
 }

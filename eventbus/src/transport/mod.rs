@@ -34,6 +34,10 @@ pub(crate) struct Route {
 
 /// The backend under a bus.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per bus (and a clone per handler); the small variant exists only in tests"
+)]
 pub(crate) enum Transport {
     /// Redis (a single primary, optionally behind TLS).
     Redis(self::redis::Redis),
@@ -54,13 +58,12 @@ impl Transport {
         ))
     }
 
-    /// The Redis backend, if this is one. Transitional: callers move behind the seam's own
-    /// methods.
-    pub(crate) fn redis(&self) -> Option<&self::redis::Redis> {
+    /// The counters of the transport's shared connection, for [`Health`](crate::Health).
+    pub(crate) fn conn_stats(&self) -> std::sync::Arc<crate::telemetry::ConnStats> {
         match self {
-            Transport::Redis(r) => Some(r),
+            Transport::Redis(r) => r.conn.stats().clone(),
             #[cfg(feature = "testing")]
-            Transport::Memory(_) => None,
+            Transport::Memory(m) => m.conn_stats().clone(),
         }
     }
 }

@@ -15,12 +15,18 @@ use crate::event::Delivery;
 pub(crate) enum Prepared {
     /// A Redis command.
     Redis(super::redis::publish::Command),
+    /// An in-memory append or publish.
+    #[cfg(feature = "testing")]
+    Memory(super::memory::publish::Command),
 }
 
 /// Several prepared commands sent in one round trip (for Redis a pipeline).
 pub(crate) enum Batch {
     /// A Redis pipeline.
     Redis(super::redis::publish::Batch),
+    /// In-memory commands, applied in order.
+    #[cfg(feature = "testing")]
+    Memory(Vec<super::memory::publish::Command>),
 }
 
 impl Batch {
@@ -28,6 +34,11 @@ impl Batch {
     pub(crate) fn push(&mut self, prepared: Prepared) {
         match (self, prepared) {
             (Batch::Redis(batch), Prepared::Redis(command)) => batch.push(command),
+            #[cfg(feature = "testing")]
+            (Batch::Memory(batch), Prepared::Memory(command)) => batch.push(command),
+            // A sender only prepares commands of its own backend.
+            #[cfg(feature = "testing")]
+            _ => {}
         }
     }
 }
@@ -55,6 +66,9 @@ pub(crate) enum SendError {
 pub(crate) enum Sender {
     /// Redis: the shared connection and the writer that pipelines concurrent publishes.
     Redis(super::redis::publish::Sender),
+    /// In memory.
+    #[cfg(feature = "testing")]
+    Memory(super::memory::Memory),
 }
 
 impl Transport {
@@ -66,6 +80,8 @@ impl Transport {
             Transport::Redis(redis) => {
                 Sender::Redis(super::redis::publish::Sender::new(redis.conn.clone()))
             }
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => Sender::Memory(m.clone()),
         }
     }
 }
@@ -85,6 +101,10 @@ impl Sender {
             Sender::Redis(_) => {
                 Prepared::Redis(super::redis::publish::prepare(delivery, key, max_len, json))
             }
+            #[cfg(feature = "testing")]
+            Sender::Memory(_) => Prepared::Memory(super::memory::publish::Command::new(
+                delivery, key, max_len, json,
+            )),
         }
     }
 
@@ -92,6 +112,8 @@ impl Sender {
     pub(crate) fn batch(&self, capacity: usize) -> Batch {
         match self {
             Sender::Redis(_) => Batch::Redis(super::redis::publish::Batch::with_capacity(capacity)),
+            #[cfg(feature = "testing")]
+            Sender::Memory(_) => Batch::Memory(Vec::with_capacity(capacity)),
         }
     }
 
@@ -107,13 +129,14 @@ impl Sender {
         match self {
             Sender::Redis(sender) => {
                 sender
-                    .send(event, deadline, || {
-                        prepare().map(|prepared| match prepared {
-                            Prepared::Redis(command) => command,
-                        })
-                    })
+                    .send(event, deadline, || prepare().and_then(redis_command))
                     .await
             }
+            #[cfg(feature = "testing")]
+            Sender::Memory(m) => match prepare().map_err(SendError::Prepare)? {
+                Prepared::Memory(command) => command.apply(m).map_err(SendError::Failed),
+                Prepared::Redis(_) => Err(SendError::Prepare(mismatch())),
+            },
         }
     }
 
@@ -129,6 +152,15 @@ impl Sender {
             (Sender::Redis(sender), Batch::Redis(batch)) => {
                 sender.send_batch(event, batch, deadline).await
             }
+            #[cfg(feature = "testing")]
+            (Sender::Memory(m), Batch::Memory(batch)) => {
+                for command in batch {
+                    command.apply(m).map_err(SendError::Failed)?;
+                }
+                Ok(())
+            }
+            #[cfg(feature = "testing")]
+            _ => Err(SendError::Prepare(mismatch())),
         }
     }
 
@@ -136,6 +168,8 @@ impl Sender {
     pub(crate) fn op(&self, delivery: Delivery) -> &'static str {
         match self {
             Sender::Redis(_) => super::redis::publish::op(delivery),
+            #[cfg(feature = "testing")]
+            Sender::Memory(_) => super::redis::publish::op(delivery),
         }
     }
 
@@ -144,6 +178,28 @@ impl Sender {
     pub(crate) fn record_timeout(&self, message: String) {
         match self {
             Sender::Redis(sender) => sender.record_timeout(message),
+            #[cfg(feature = "testing")]
+            Sender::Memory(_) => drop(message),
         }
     }
+}
+
+/// The Redis command in `prepared`.
+fn redis_command(prepared: Prepared) -> Result<super::redis::publish::Command, Error> {
+    match prepared {
+        Prepared::Redis(command) => Ok(command),
+        #[cfg(feature = "testing")]
+        Prepared::Memory(_) => Err(mismatch()),
+    }
+}
+
+/// A command prepared by one backend and sent to another: cannot happen (a bus has one sender),
+/// reported rather than panicking.
+#[cfg(feature = "testing")]
+fn mismatch() -> Error {
+    Error::config(
+        "transport",
+        "mixed",
+        "a command prepared for one transport was sent to another",
+    )
 }

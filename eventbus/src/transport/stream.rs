@@ -62,6 +62,10 @@ impl Transport {
 }
 
 /// A reader's own connection for blocking reads.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per reader; the small variant exists only in tests"
+)]
 pub(crate) enum Reading {
     /// Redis: a dedicated connection (a blocked `XREADGROUP` would stall a shared one).
     Redis(crate::transport::redis::stream::read::Reading),

@@ -10,6 +10,9 @@ use crate::error::{Error, TransportError};
 pub(crate) enum Message {
     /// A Redis Pub/Sub message.
     Redis(super::redis::pubsub::Message),
+    /// An in-memory message: its channel and payload.
+    #[cfg(feature = "testing")]
+    Memory(String, std::sync::Arc<[u8]>),
 }
 
 impl Message {
@@ -17,6 +20,8 @@ impl Message {
     pub(crate) fn channel(&self) -> &str {
         match self {
             Message::Redis(msg) => super::redis::pubsub::channel(msg),
+            #[cfg(feature = "testing")]
+            Message::Memory(channel, _) => channel,
         }
     }
 
@@ -24,6 +29,8 @@ impl Message {
     pub(crate) fn payload(&self) -> &[u8] {
         match self {
             Message::Redis(msg) => super::redis::pubsub::payload(msg),
+            #[cfg(feature = "testing")]
+            Message::Memory(_, payload) => payload,
         }
     }
 }
@@ -43,6 +50,9 @@ pub(crate) enum Received {
 pub(crate) enum Subscription {
     /// A Redis Pub/Sub connection.
     Redis(super::redis::pubsub::Subscription),
+    /// An in-memory subscription.
+    #[cfg(feature = "testing")]
+    Memory(super::memory::Subscription),
 }
 
 impl Subscription {
@@ -52,6 +62,11 @@ impl Subscription {
     pub(crate) async fn recv(&mut self) -> Received {
         match self {
             Subscription::Redis(subscription) => subscription.recv().await,
+            #[cfg(feature = "testing")]
+            Subscription::Memory(subscription) => match subscription.recv().await {
+                Some((channel, payload)) => Received::Message(Message::Memory(channel, payload)),
+                None => Received::Lost("the in-memory broadcast was disconnected".to_owned()),
+            },
         }
     }
 }
@@ -66,6 +81,11 @@ impl Transport {
     ) -> Result<Subscription, TransportError> {
         match self {
             Transport::Redis(redis) => Ok(Subscription::Redis(redis.subscribe(channels).await?)),
+            #[cfg(feature = "testing")]
+            Transport::Memory(m) => {
+                let channels: Vec<String> = channels.iter().map(|c| (*c).to_owned()).collect();
+                Ok(Subscription::Memory(m.subscribe(&channels)))
+            }
         }
     }
 
@@ -74,6 +94,11 @@ impl Transport {
     pub(crate) fn subscribe_error(&self, error: TransportError) -> Error {
         match self {
             Transport::Redis(redis) => redis.subscribe_error(error),
+            #[cfg(feature = "testing")]
+            Transport::Memory(_) => Error::Transport {
+                op: "SUBSCRIBE",
+                source: error,
+            },
         }
     }
 }

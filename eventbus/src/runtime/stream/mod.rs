@@ -487,12 +487,15 @@ impl Shared {
             Some(owned) if !owned.is_empty() => owned,
             _ => return,
         };
+        // Biased: once the drain is abandoned (or the process "crashed" in a test bus), nothing
+        // more is handed back.
         let r = tokio::select! {
-            r = self.stream.hand_back(&ids, Duration::from_millis(HANDBACK_IDLE_MS)) => r,
+            biased;
             () = self.runner.abort.cancelled() => Err(TransportError::new(
                 TransportErrorKind::Closed,
                 "drain timeout passed",
             )),
+            r = self.stream.hand_back(&ids, Duration::from_millis(HANDBACK_IDLE_MS)) => r,
         };
         match r {
             Ok(moved) => {
@@ -518,8 +521,9 @@ impl Shared {
             return None;
         }
         let owned = tokio::select! {
-            r = self.stream.owned(ids, self.window_capacity()) => r.ok()?,
+            biased;
             () = self.runner.abort.cancelled() => return None,
+            r = self.stream.owned(ids, self.window_capacity()) => r.ok()?,
         };
         Some(
             ids.iter()
@@ -877,12 +881,14 @@ async fn ack_loop(
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0u32;
         loop {
+            // Biased: once the drain is abandoned, no ack is sent any more.
             let r = tokio::select! {
-                r = stream.ack(&ids, &marked) => r,
+                biased;
                 () = abort.cancelled() => Err(TransportError::new(
                     TransportErrorKind::Closed,
                     "the drain timeout passed",
                 )),
+                r = stream.ack(&ids, &marked) => r,
             };
             let Err(e) = r else {
                 stats.clear(Path::Ack);

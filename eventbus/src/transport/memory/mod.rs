@@ -19,9 +19,11 @@
 // The runtime does not call every command yet; tests and fault injection do.
 #![allow(dead_code)]
 
+mod admin;
 mod dead_letters;
 mod group;
 mod hash;
+pub(crate) mod publish;
 mod pubsub;
 mod stream;
 pub(crate) mod stream_ops;
@@ -50,6 +52,8 @@ use self::stream::Stream;
 pub(crate) struct Memory {
     /// The data, behind a std mutex that is never held across an await.
     state: Arc<Mutex<State>>,
+    /// What [`Health`](crate::Health) reports of the "connection": always up.
+    stats: Arc<crate::telemetry::ConnStats>,
 }
 
 /// Everything the store holds.
@@ -82,6 +86,11 @@ impl Memory {
     /// An empty store.
     pub(crate) fn new() -> Memory {
         Memory::default()
+    }
+
+    /// The connection counters [`Health`](crate::Health) reports.
+    pub(crate) fn conn_stats(&self) -> &Arc<crate::telemetry::ConnStats> {
+        &self.stats
     }
 
     /// The state, recovering it when a thread panicked while holding the lock: every command

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,8 @@ pub(super) struct Subscriber {
     tx: mpsc::UnboundedSender<Message>,
     /// Fired when the store disconnects it.
     ended: CancellationToken,
+    /// Messages sent to it and not yet received.
+    queued: Arc<AtomicUsize>,
 }
 
 /// A subscription to some channels: receives every message published to them from its creation
@@ -34,6 +37,8 @@ pub(crate) struct Subscription {
     rx: mpsc::UnboundedReceiver<Message>,
     /// Fired by [`Memory::disconnect_broadcast`].
     ended: CancellationToken,
+    /// Messages sent to it and not yet received.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Subscription {
@@ -47,7 +52,12 @@ impl Subscription {
         tokio::select! {
             biased;
             () = self.ended.cancelled() => None,
-            m = self.rx.recv() => m,
+            m = self.rx.recv() => {
+                if m.is_some() {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                m
+            }
         }
     }
 }
@@ -63,8 +73,14 @@ impl Memory {
             .iter()
             .filter(|s| s.channels.contains(channel))
             .filter(|s| {
-                s.tx.send((channel.to_owned(), Arc::clone(&payload)))
-                    .is_ok()
+                s.queued.fetch_add(1, Ordering::AcqRel);
+                let sent =
+                    s.tx.send((channel.to_owned(), Arc::clone(&payload)))
+                        .is_ok();
+                if !sent {
+                    s.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                sent
             })
             .count()
     }
@@ -74,14 +90,28 @@ impl Memory {
     pub(crate) fn subscribe(&self, channels: &[String]) -> Subscription {
         let (tx, rx) = mpsc::unbounded_channel();
         let ended = CancellationToken::new();
+        let queued = Arc::new(AtomicUsize::new(0));
         let mut state = self.lock();
         state.subscribers.retain(|s| !s.tx.is_closed());
         state.subscribers.push(Subscriber {
             channels: channels.iter().cloned().collect(),
             tx,
             ended: ended.clone(),
+            queued: queued.clone(),
         });
-        Subscription { rx, ended }
+        Subscription { rx, ended, queued }
+    }
+
+    /// Messages published to live subscriptions that they have not received yet.
+    pub(crate) fn undelivered_broadcasts(&self) -> usize {
+        let mut state = self.lock();
+        state.subscribers.retain(|s| !s.tx.is_closed());
+        state
+            .subscribers
+            .iter()
+            .filter(|s| !s.ended.is_cancelled())
+            .map(|s| s.queued.load(Ordering::Acquire))
+            .sum()
     }
 
     /// Drops every Pub/Sub connection (fault injection): every current [`Subscription`] ends

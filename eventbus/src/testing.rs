@@ -1,0 +1,323 @@
+//! Unit-test handlers without Redis: [`TestBus`] runs the **same** pipeline and readers as a
+//! [`Bus`] over Redis (retries, backoff, attempt accounting after crashes, claims after the
+//! visibility timeout, dead letters, replay, broadcast lanes, drain), over an in-process transport
+//! with Redis Streams semantics: consumer groups per handler, pending lists with delivery counts,
+//! `XCLAIM`/`XAUTOCLAIM`, atomic dead letter + ack. No Redis, no network.
+//!
+//! Enable the `testing` feature in your dev-dependencies:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! eventbus = { version = "0.1", features = ["testing"] }
+//! ```
+//!
+//! Time is tokio's: under `#[tokio::test(start_paused = true)]` (a current-thread runtime, tokio's
+//! `test-util` feature) retries, backoff, claims and drains are instant and deterministic.
+//!
+//! ```rust,standalone_crate
+//! use eventbus::prelude::*;
+//! use std::time::Duration;
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+//! #[event(name = "doc.invoice_sent")]
+//! struct InvoiceSent { invoice: u64 }
+//!
+//! #[event_handler(name = "email_customer", retries = 2, backoff = "1s")]
+//! async fn email_customer(ev: InvoiceSent, ctx: Context) -> anyhow::Result<()> {
+//!     anyhow::ensure!(ctx.attempt() == 3, "SMTP is down"); // fails twice, then succeeds
+//!     Ok(())
+//! }
+//!
+//! # async fn test() -> eventbus::Result<()> {
+//! // In a test: #[tokio::test(start_paused = true)]
+//! let mut bus = eventbus::testing::TestBus::builder()
+//!     .handlers(["email_customer"])
+//!     .build_test()
+//!     .await?;
+//! bus.start().await?;
+//! let id = bus.publish(&InvoiceSent { invoice: 7 }).await?;
+//! bus.run_until_idle().await?; // two 1 s backoffs pass instantly on paused time
+//! assert_eq!(bus.handled("email_customer"), vec![id]);
+//! assert!(bus.dead_letters().await?.is_empty());
+//! bus.shutdown().await
+//! # }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(test()).unwrap();
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::bus::{Bus, RunningBus, select_handlers};
+use crate::config::BusBuilder;
+use crate::dlq::DeadLetter;
+use crate::envelope::EventId;
+use crate::error::{Error, Result};
+use crate::event::{Delivery, DomainEvent};
+use crate::telemetry::{HandledLog, Health};
+use crate::transport::Transport;
+use crate::transport::keys::stream_key;
+use crate::transport::memory::Memory;
+
+/// How long [`TestBus::run_until_idle`] waits (tokio time) before it gives up.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A bus over an in-memory transport with Redis Streams semantics, for unit tests of handlers.
+///
+/// Built from the same [`BusBuilder`] settings and handler selection as a [`Bus`]
+/// ([`BusBuilder::build_test`]); its [`bus`](Self::bus) is a real `Bus` (publish, dead letters,
+/// health). See the [module docs](self) for an example.
+#[derive(Debug)]
+pub struct TestBus {
+    bus: Bus,
+    builder: BusBuilder,
+    store: Memory,
+    handled: Arc<HandledLog>,
+    running: Option<RunningBus>,
+    /// Consumers made by [`another`](Self::another) on this store, for their names.
+    consumers: Arc<AtomicUsize>,
+}
+
+impl BusBuilder {
+    /// Builds a [`TestBus`]: these settings and handler selection over a new in-memory store
+    /// instead of Redis (`redis_url` and TLS settings are not used).
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build), except that nothing is connected: [`Error::Config`],
+    /// [`Error::DuplicateHandler`], [`Error::DuplicateEvent`], [`Error::UnknownHandler`],
+    /// [`Error::MissingState`].
+    pub async fn build_test(&mut self) -> Result<TestBus> {
+        TestBus::assemble(
+            self.clone(),
+            Memory::new(),
+            Arc::new(HandledLog::default()),
+            Arc::new(AtomicUsize::new(0)),
+        )
+    }
+}
+
+impl TestBus {
+    /// A builder with every setting at its default: `TestBus::builder()...build_test()`.
+    pub fn builder() -> BusBuilder {
+        Bus::builder()
+    }
+
+    fn assemble(
+        builder: BusBuilder,
+        store: Memory,
+        handled: Arc<HandledLog>,
+        consumers: Arc<AtomicUsize>,
+    ) -> Result<TestBus> {
+        let config = Arc::new(builder.config()?);
+        let (handlers, registered) = select_handlers(&builder, &config)?;
+        let bus = Bus::assemble(
+            &builder,
+            config,
+            handlers,
+            registered,
+            Transport::Memory(store.clone()),
+            Some(handled.clone()),
+        );
+        Ok(TestBus {
+            bus,
+            builder,
+            store,
+            handled,
+            running: None,
+            consumers,
+        })
+    }
+
+    /// The bus: [`publish`](Bus::publish), [`publish_batch`](Bus::publish_batch),
+    /// [`dlq`](Bus::dlq) (list, replay, remove, purge), [`handler_names`](Bus::handler_names).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Starts the selected handlers, as [`Bus::start`]; does nothing when they run already.
+    ///
+    /// # Errors
+    ///
+    /// As [`Bus::start`] (not expected in memory).
+    pub async fn start(&mut self) -> Result<()> {
+        if self.running.is_none() {
+            self.running = Some(self.bus.start().await?);
+        }
+        Ok(())
+    }
+
+    /// Publishes an event, as [`Bus::publish`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Bus::publish`]: an event that does not encode, or is larger than `max_payload`.
+    pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<EventId> {
+        self.bus.publish(event).await
+    }
+
+    /// Waits until the bus is idle: for every durable handler nothing unread and nothing pending
+    /// (so no retry, backoff or claim is due: a pending entry waits for one), and for broadcast
+    /// nothing undelivered, queued or running. Seen idle twice, a millisecond apart.
+    ///
+    /// Entries a [`crash`](Self::crash)ed consumer left pending count as not idle until a
+    /// running consumer claims them (after the visibility timeout).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the bus is not idle after [`IDLE_TIMEOUT`] of tokio time (say,
+    /// a crashed consumer's entries and no consumer running to claim them).
+    pub async fn run_until_idle(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
+        let mut seen_idle = false;
+        loop {
+            if self.is_idle() {
+                if seen_idle {
+                    return Ok(());
+                }
+                seen_idle = true;
+            } else {
+                seen_idle = false;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    operation: "run_until_idle".to_owned(),
+                    limit: IDLE_TIMEOUT,
+                    last_error: Some(self.busy_with()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Whether nothing is left to do now.
+    fn is_idle(&self) -> bool {
+        let durable_idle = self.durable_groups().iter().all(|(stream, group)| {
+            self.store
+                .group_info(stream, group)
+                .is_none_or(|g| g.pending == 0 && g.lag == 0)
+        });
+        let broadcast_idle = self
+            .running
+            .as_ref()
+            .and_then(|r| r.broadcast_idle.as_ref())
+            .is_none_or(|lanes| lanes.is_idle());
+        durable_idle && broadcast_idle && self.store.undelivered_broadcasts() == 0
+    }
+
+    /// What keeps the bus busy, for the timeout's message.
+    fn busy_with(&self) -> String {
+        let mut busy = Vec::new();
+        for (stream, group) in self.durable_groups() {
+            if let Some(g) = self.store.group_info(&stream, group)
+                && (g.pending > 0 || g.lag > 0)
+            {
+                busy.push(format!(
+                    "handler `{group}`: {} pending, {} unread",
+                    g.pending, g.lag
+                ));
+            }
+        }
+        if busy.is_empty() {
+            busy.push("broadcast messages queued or running".to_owned());
+        }
+        busy.join("; ")
+    }
+
+    /// `(stream, group)` of every durable handler this bus runs.
+    fn durable_groups(&self) -> Vec<(String, &'static str)> {
+        let namespace = &self.bus.inner().config.namespace;
+        self.bus
+            .inner()
+            .handlers
+            .iter()
+            .filter(|h| h.delivery == Delivery::Durable)
+            .map(|h| (stream_key(namespace, h.event_name), h.name))
+            .collect()
+    }
+
+    /// The events `handler` handled (its run returned `Ok`), in the order they finished, on
+    /// this bus and every bus made from it by [`another`](Self::another).
+    pub fn handled(&self, handler: &str) -> Vec<EventId> {
+        self.handled.of(handler)
+    }
+
+    /// Every dead letter of the namespace, oldest first per event, as
+    /// [`DeadLetters::list`](crate::DeadLetters::list).
+    ///
+    /// # Errors
+    ///
+    /// Not expected in memory.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.bus.dlq().list(usize::MAX).await
+    }
+
+    /// The bus's health: [`RunningBus::health`] once started, [`Bus::health`] before.
+    pub fn health(&self) -> Health {
+        match &self.running {
+            Some(running) => running.health(),
+            None => self.bus.health(),
+        }
+    }
+
+    /// A second consumer of the same store: same settings and handlers, its own consumer name
+    /// (`<consumer>-2`, `-3`, ...), not started. For competing consumers, and for claims of a
+    /// crashed consumer's entries.
+    ///
+    /// # Errors
+    ///
+    /// As [`BusBuilder::build_test`].
+    pub fn another(&self) -> Result<TestBus> {
+        let n = self.consumers.fetch_add(1, Ordering::Relaxed) + 2;
+        let mut builder = self.builder.clone();
+        builder.consumer(format!("{}-{n}", self.bus.consumer_name()));
+        TestBus::assemble(
+            builder,
+            self.store.clone(),
+            self.handled.clone(),
+            self.consumers.clone(),
+        )
+    }
+
+    /// Simulates `kill -9` of this consumer: running attempts are abandoned where they stand,
+    /// and nothing more is acked, dead-lettered or handed back. Their entries stay pending under
+    /// this consumer's name: [`start`](Self::start) again restarts under the same name (the
+    /// entries are re-read as suspects), or [`another`](Self::another) consumer claims them after
+    /// the visibility timeout.
+    pub fn crash(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.crash();
+        }
+    }
+
+    /// Makes the next `n` acks fail (as when Redis denies `XACK` or is unreachable): the entries
+    /// stay pending and in flight, and the acks are retried.
+    pub fn fail_next_acks(&self, n: usize) {
+        self.store.fail_next_acks(n);
+    }
+
+    /// Makes the next `n` dead-letter writes fail (as Redis's `OOM`): the original stays pending
+    /// and the write is retried.
+    pub fn fail_next_dead_letters(&self, n: usize) {
+        self.store.fail_next_dead_letters(n);
+    }
+
+    /// Drops every broadcast subscription, as a lost Pub/Sub connection: what is published
+    /// until the bus resubscribes is not received (at most once).
+    pub fn disconnect_broadcast(&self) {
+        self.store.disconnect_broadcast();
+    }
+
+    /// Shuts down gracefully, as [`RunningBus::shutdown`]: running attempts finish within the
+    /// drain timeout, entries not started are handed back.
+    ///
+    /// # Errors
+    ///
+    /// As [`RunningBus::shutdown`].
+    pub async fn shutdown(mut self) -> Result<()> {
+        match self.running.take() {
+            Some(running) => running.shutdown().await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,865 @@
+//! The conformance suite: every behaviour is written once and runs against the in-memory
+//! transport (`memory::*`) and a real `redis-server` (`redis::*`). A behaviour that differs
+//! between them is a failing test.
+//!
+//! - `conformance/harness.rs`: [`Harness`] (`memory()`, `redis()`) and [`Node`], one consumer;
+//! - `conformance/model.rs`: the events, the handlers and the run [`Log`](model::Log) they write;
+//! - this file: the behaviours, and the `conformance!` list that runs each on both transports.
+//!
+//! Real time with short settings (visibility timeout 300 ms, claim interval 50 ms, backoff
+//! 10-50 ms, block time 50 ms); every wait has a deadline.
+
+mod harness;
+mod model;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use eventbus::prelude::*;
+use eventbus::{Error, Overflow};
+use eventbus_tests::wait_until;
+use serde_json::json;
+
+use harness::{DEADLINE, Harness, VISIBILITY};
+use model::*;
+
+/// Generates `mod memory { #[tokio::test] async fn <name>() }` and the same `mod redis`, each
+/// running the behaviour `<name>(h: Harness)` of this file on its transport.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Harness::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Harness::redis()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance![
+    fan_out_every_handler_gets_every_event_once,
+    competing_consumers_handle_each_event_once_overall,
+    retry_fails_twice_then_succeeds_on_attempt_three_after_the_backoff_floor,
+    dead_letter_carries_the_event_the_handler_the_error_and_the_attempts,
+    replay_runs_only_the_handler_that_gave_up,
+    newer_schema_version_is_dead_lettered_without_retries,
+    undecodable_data_is_dead_lettered_without_retries,
+    crash_with_retries_0_charges_nothing_and_another_consumer_claims_after_the_visibility_timeout,
+    crash_with_default_retries_charges_nothing_and_another_consumer_claims_after_the_visibility_timeout,
+    restart_under_the_same_name_rereads_its_own_pending_at_once,
+    shutdown_drains_the_running_handler_and_acks_it,
+    broadcast_every_handler_in_every_instance_gets_every_event,
+    broadcast_queue_full_drops_the_oldest_by_default,
+    broadcast_queue_full_with_drop_newest_keeps_the_first,
+];
+
+/// Waits until `cond` holds for the log.
+async fn wait_log(log: &Log, what: &str, cond: impl Fn(&Log) -> bool) {
+    wait_until(DEADLINE, what, || {
+        let ok = cond(log);
+        async move { ok }
+    })
+    .await;
+}
+
+/// `ids` sorted, as a set that keeps duplicates visible.
+fn sorted(mut ids: Vec<EventId>) -> Vec<EventId> {
+    ids.sort();
+    ids
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable delivery.
+
+/// Two handlers of one event: each gets every event, once.
+async fn fan_out_every_handler_gets_every_event_once(h: Harness) {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.fanout_a", "conf.fanout_b"])
+        .state(log.clone());
+    let node = h.start(&b).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(node.publish(&Order { n }).await);
+    }
+    wait_log(&log, "both handlers handled all 5", |log| {
+        log.handled("conf.fanout_a").len() >= 5 && log.handled("conf.fanout_b").len() >= 5
+    })
+    .await;
+    node.idle().await;
+
+    for handler in ["conf.fanout_a", "conf.fanout_b"] {
+        assert_eq!(
+            sorted(log.handled(handler)),
+            sorted(ids.clone()),
+            "{}: {handler} handled every event exactly once",
+            h.name()
+        );
+        assert_eq!(
+            log.runs_of(handler).len(),
+            5,
+            "{}: no extra runs of {handler}",
+            h.name()
+        );
+        assert_eq!(node.reader(handler).handled, 5, "{}: health", h.name());
+        if let Some(handled) = node.memory_handled(handler) {
+            assert_eq!(
+                handled, ids,
+                "memory: TestBus::handled({handler}), in order"
+            );
+        }
+    }
+    assert!(node.dead_letters().await.is_empty());
+    node.shutdown().await;
+}
+
+/// Two consumers of one handler share the work: every event is handled once overall, and both
+/// took part.
+async fn competing_consumers_handle_each_event_once_overall(h: Harness) {
+    const N: u64 = 20;
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.compete"])
+        .state(log.clone())
+        .batch_size(1)
+        .concurrency(1);
+    let first = h.start(&b).await;
+    let mut second = first.another().await;
+    second.start().await;
+    let mut ids = Vec::new();
+    for n in 0..N {
+        ids.push(first.publish(&Task { n }).await);
+    }
+    wait_log(&log, "all events handled", |log| {
+        log.handled("conf.compete").len() >= N as usize
+    })
+    .await;
+    first.idle().await;
+    second.idle().await;
+
+    assert_eq!(
+        sorted(log.handled("conf.compete")),
+        sorted(ids.clone()),
+        "{}: each event handled exactly once overall",
+        h.name()
+    );
+    assert_eq!(log.runs().len(), N as usize, "{}: no extra runs", h.name());
+    let (a, b) = (
+        first.reader("conf.compete").handled,
+        second.reader("conf.compete").handled,
+    );
+    assert_eq!(a + b, N, "{}: health handled {a} + {b}", h.name());
+    assert!(
+        a >= 1 && b >= 1,
+        "{}: both consumers took part ({a}, {b})",
+        h.name()
+    );
+    if let (Some(x), Some(y)) = (
+        first.memory_handled("conf.compete"),
+        second.memory_handled("conf.compete"),
+    ) {
+        let all: BTreeSet<EventId> = x.iter().chain(&y).cloned().collect();
+        assert_eq!(
+            all,
+            ids.iter().cloned().collect(),
+            "memory: TestBus::handled"
+        );
+        for v in [&x, &y] {
+            let unique: BTreeSet<&EventId> = v.iter().collect();
+            assert_eq!(unique.len(), v.len(), "memory: no duplicate in handled()");
+        }
+    }
+    assert!(first.dead_letters().await.is_empty());
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+/// A handler that fails twice and then succeeds is handled once, on attempt 3, each retry no
+/// sooner than the backoff.
+async fn retry_fails_twice_then_succeeds_on_attempt_three_after_the_backoff_floor(h: Harness) {
+    let backoff = Duration::from_millis(40);
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.flaky"])
+        .state(log.clone())
+        .retries(3)
+        .backoff(backoff)
+        .max_backoff(Duration::from_millis(80));
+    let node = h.start(&b).await;
+    let id = node.publish(&Payment { n: 1 }).await;
+    wait_log(&log, "handled", |log| !log.handled("conf.flaky").is_empty()).await;
+    node.idle().await;
+
+    let runs = log.runs_of("conf.flaky");
+    let attempts: Vec<u32> = runs.iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, [1, 2, 3], "{}: attempt numbers", h.name());
+    assert!(runs.iter().all(|r| r.id == id), "{}: one event", h.name());
+    assert_eq!(
+        runs.iter().map(|r| r.ok).collect::<Vec<_>>(),
+        [Some(false), Some(false), Some(true)]
+    );
+    for pair in runs.windows(2) {
+        let gap = pair[1].started - pair[0].started;
+        assert!(
+            gap >= backoff,
+            "{}: attempt {} came {gap:?} after attempt {}, under the backoff {backoff:?}",
+            h.name(),
+            pair[1].attempt,
+            pair[0].attempt
+        );
+    }
+    let elapsed = runs[2].started - runs[0].started;
+    assert!(
+        elapsed >= 2 * backoff,
+        "{}: {elapsed:?} from attempt 1 to 3",
+        h.name()
+    );
+    assert_eq!(log.handled("conf.flaky"), [id.clone()]);
+    assert!(node.dead_letters().await.is_empty(), "{}", h.name());
+    let reader = node.reader("conf.flaky");
+    assert_eq!(
+        (reader.handled, reader.dead_lettered),
+        (1, 0),
+        "{}",
+        h.name()
+    );
+    if let Some(handled) = node.memory_handled("conf.flaky") {
+        assert_eq!(handled, [id]);
+    }
+    node.shutdown().await;
+}
+
+/// An always-failing handler (retries = 2) is dead-lettered after 3 attempts; the letter names
+/// the event, the handler and the last error, and keeps the envelope.
+async fn dead_letter_carries_the_event_the_handler_the_error_and_the_attempts(h: Harness) {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.doomed"]).state(log.clone());
+    let node = h.start(&b).await;
+    let started = SystemTime::now();
+    let event = Ledger {
+        n: 17,
+        account: "acc-17".into(),
+        cents: -250,
+    };
+    let id = node.publish(&event).await;
+    let letters = node.wait_dead_letters(1).await;
+    // The dead letter and the ack are one step: nothing is left once it exists.
+    node.idle().await;
+
+    assert_eq!(letters.len(), 1, "{}: {letters:#?}", h.name());
+    let letter = &letters[0];
+    assert!(
+        letter.id.starts_with("conf.ledger/"),
+        "{}: id {}",
+        h.name(),
+        letter.id
+    );
+    assert_eq!(letter.event_id.as_ref(), Some(&id), "{}", h.name());
+    assert_eq!(letter.event_name, "conf.ledger");
+    assert_eq!(letter.handler, "conf.doomed");
+    assert!(
+        letter.error.contains("ledger rejected account acc-17"),
+        "{}: error {}",
+        h.name(),
+        letter.error
+    );
+    assert_eq!(letter.attempts, 3, "{}: retries = 2", h.name());
+    let attempts: Vec<u32> = log
+        .runs_of("conf.doomed")
+        .iter()
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3], "{}", h.name());
+    let now = SystemTime::now();
+    assert!(
+        letter.failed_at >= started - Duration::from_secs(1)
+            && letter.failed_at <= now + Duration::from_secs(1),
+        "{}: failed_at {:?}",
+        h.name(),
+        letter.failed_at
+    );
+    // A durable letter names the stream entry it came from.
+    assert!(
+        !letter.stream_id.is_empty() && letter.stream_id.contains('-'),
+        "{}: stream_id {:?}",
+        h.name(),
+        letter.stream_id
+    );
+    let envelope = &letter.envelope;
+    assert_eq!(envelope["id"], json!(id.as_str()), "{}", h.name());
+    assert_eq!(envelope["type"], json!("conf.ledger"));
+    assert_eq!(envelope["specversion"], json!("1.0"));
+    assert_eq!(envelope["schemaversion"], json!(1));
+    assert_eq!(
+        envelope["data"],
+        json!({"n": 17, "account": "acc-17", "cents": -250}),
+        "{}",
+        h.name()
+    );
+    // The dead-letter facade of the bus sees the same letter.
+    let listed = node.bus().dlq().list(10).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, letter.id, "{}", h.name());
+    let reader = node.reader("conf.doomed");
+    assert_eq!(
+        (reader.dead_lettered, reader.handled),
+        (1, 0),
+        "{}",
+        h.name()
+    );
+    node.shutdown().await;
+}
+
+/// Dead-lettered in one of two handlers; after the fix, replay runs that handler again (same
+/// event id) and not the other one; the letter is gone.
+async fn replay_runs_only_the_handler_that_gave_up(h: Harness) {
+    let log = Log::default();
+    log.set_broken(true);
+    let mut b = h.builder();
+    b.handlers(["conf.mailer", "conf.audit"]).state(log.clone());
+    let node = h.start(&b).await;
+    let id = node.publish(&Invoice { n: 42 }).await;
+    let letters = node.wait_dead_letters(1).await;
+    wait_log(&log, "audit handled it", |log| {
+        !log.handled("conf.audit").is_empty()
+    })
+    .await;
+    node.idle().await;
+    assert_eq!(letters.len(), 1, "{}: {letters:#?}", h.name());
+    let letter = letters[0].clone();
+    assert_eq!(letter.handler, "conf.mailer");
+    assert_eq!(letter.attempts, 2, "{}: retries = 1", h.name());
+    assert!(
+        letter.error.contains("smtp relay refused invoice 42"),
+        "{}: {}",
+        h.name(),
+        letter.error
+    );
+
+    log.set_broken(false);
+    node.bus().dlq().replay(&letter.id).await.expect("replay");
+    assert!(
+        node.dead_letters().await.is_empty(),
+        "{}: the letter is gone after replay",
+        h.name()
+    );
+    wait_log(&log, "the mailer handled the replay", |log| {
+        !log.handled("conf.mailer").is_empty()
+    })
+    .await;
+    node.idle().await;
+
+    assert_eq!(
+        log.handled("conf.mailer"),
+        [id.clone()],
+        "{}: same id",
+        h.name()
+    );
+    assert_eq!(
+        log.runs_of("conf.mailer").len(),
+        3,
+        "{}: 2 failed attempts, then 1 after the replay",
+        h.name()
+    );
+    assert_eq!(
+        log.runs_of("conf.audit").len(),
+        1,
+        "{}: the other handler does not run the replay: {:?}",
+        h.name(),
+        log.runs_of("conf.audit")
+    );
+    assert!(
+        matches!(
+            node.bus().dlq().replay(&letter.id).await,
+            Err(Error::DeadLetterNotFound(_))
+        ),
+        "{}: replay twice",
+        h.name()
+    );
+    if let Some(handled) = node.memory_handled("conf.audit") {
+        assert_eq!(handled, [id.clone()], "memory: audit handled it once");
+    }
+    node.shutdown().await;
+}
+
+/// An envelope with a schema version newer than the handler's type knows is dead-lettered at
+/// once, with the reason, without running the handler; an older version is handled.
+async fn newer_schema_version_is_dead_lettered_without_retries(h: Harness) {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.parcels"]).state(log.clone()).retries(3);
+    let node = h.start(&b).await;
+    let newer = node
+        .publish(&NewerParcel {
+            n: 3,
+            parcel: "p-3".into(),
+            grams: 3,
+            fragile: true,
+        })
+        .await;
+    let older = node
+        .publish(&OlderParcel {
+            n: 1,
+            parcel: "p-1".into(),
+            grams: 1,
+        })
+        .await;
+    let current = node
+        .publish(&Parcel {
+            n: 2,
+            parcel: "p-2".into(),
+            grams: 2,
+        })
+        .await;
+    let letters = node.wait_dead_letters(1).await;
+    wait_log(&log, "older and current handled", |log| {
+        log.handled("conf.parcels").len() >= 2
+    })
+    .await;
+    node.idle().await;
+
+    assert_eq!(letters.len(), 1, "{}: {letters:#?}", h.name());
+    let l = &letters[0];
+    assert_eq!(l.event_id.as_ref(), Some(&newer), "{}", h.name());
+    assert_eq!(l.handler, "conf.parcels");
+    assert_eq!(l.event_name, "conf.parcel");
+    assert_eq!(l.attempts, 0, "{}: rejected before any attempt", h.name());
+    assert!(
+        l.error.contains("unknown schema version 3")
+            && l.error.contains("conf.parcels")
+            && l.error.contains("1 to 2"),
+        "{}: {}",
+        h.name(),
+        l.error
+    );
+    assert_eq!(l.envelope["schemaversion"], json!(3), "{}", h.name());
+    assert_eq!(l.envelope["data"]["fragile"], json!(true));
+    assert_eq!(
+        sorted(log.handled("conf.parcels")),
+        sorted(vec![older, current]),
+        "{}",
+        h.name()
+    );
+    assert!(
+        log.runs().iter().all(|r| r.id != newer),
+        "{}: the handler never ran the newer event: {:?}",
+        h.name(),
+        log.runs()
+    );
+    let reader = node.reader("conf.parcels");
+    assert_eq!(
+        (reader.handled, reader.dead_lettered),
+        (2, 1),
+        "{}",
+        h.name()
+    );
+    node.shutdown().await;
+}
+
+/// Data that does not decode into the handler's type is dead-lettered at once with the reason,
+/// without running the handler; the reader goes on with the next event.
+async fn undecodable_data_is_dead_lettered_without_retries(h: Harness) {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.parcels"]).state(log.clone()).retries(3);
+    let node = h.start(&b).await;
+    let broken = node
+        .publish(&BrokenParcel {
+            n: 9,
+            parcel: 12,
+            weight: "heavy".into(),
+        })
+        .await;
+    let good = node
+        .publish(&Parcel {
+            n: 10,
+            parcel: "p-10".into(),
+            grams: 10,
+        })
+        .await;
+    let letters = node.wait_dead_letters(1).await;
+    wait_log(&log, "the good event is handled", |log| {
+        !log.handled("conf.parcels").is_empty()
+    })
+    .await;
+    node.idle().await;
+
+    assert_eq!(letters.len(), 1, "{}: {letters:#?}", h.name());
+    let l = &letters[0];
+    assert_eq!(l.event_id.as_ref(), Some(&broken), "{}", h.name());
+    assert_eq!(l.handler, "conf.parcels");
+    assert_eq!(l.attempts, 0, "{}: rejected before any attempt", h.name());
+    assert!(
+        l.error.contains("cannot decode event data"),
+        "{}: {}",
+        h.name(),
+        l.error
+    );
+    assert_eq!(
+        l.envelope["data"],
+        json!({"n": 9, "parcel": 12, "weight": "heavy"}),
+        "{}",
+        h.name()
+    );
+    assert_eq!(log.handled("conf.parcels"), [good], "{}", h.name());
+    assert_eq!(log.runs().len(), 1, "{}: one run, the good one", h.name());
+    node.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crashes, restarts and shutdown.
+
+/// A consumer dies with 2 runs in flight and the rest prefetched. Another consumer claims the
+/// runs after the visibility timeout and handles everything as first attempts: nothing is
+/// charged, nothing dead-lettered, nothing handled twice.
+async fn crash_charges_nothing(h: Harness, retries: Option<u32>) {
+    const N: u64 = 10;
+    let log = Log::default();
+    log.hold(true);
+    let mut b = h.builder();
+    b.handlers(["conf.worker"])
+        .state(log.clone())
+        .concurrency(2)
+        .batch_size(8);
+    if let Some(retries) = retries {
+        b.retries(retries);
+    }
+    let mut first = h.start(&b).await;
+    let mut ids = Vec::new();
+    for n in 0..N {
+        ids.push(first.publish(&Job { n }).await);
+    }
+    wait_log(&log, "two runs in flight on the first consumer", |log| {
+        log.runs().len() == 2
+    })
+    .await;
+    let crashed = Instant::now();
+    first.crash();
+    log.hold(false);
+    let mut second = first.another().await;
+    second.start().await;
+    wait_log(&log, "every job handled by the second consumer", |log| {
+        log.handled("conf.worker").len() >= N as usize
+    })
+    .await;
+    second.idle().await;
+
+    let letters = second.dead_letters().await;
+    assert!(
+        letters.is_empty(),
+        "{}: nothing dead-lettered: {letters:#?}",
+        h.name()
+    );
+    assert_eq!(
+        sorted(log.handled("conf.worker")),
+        sorted(ids),
+        "{}: every job handled once",
+        h.name()
+    );
+    let held = log.held_runs();
+    assert_eq!(held.len(), 2, "{}: {held:?}", h.name());
+    let reruns: Vec<Run> = log.runs().into_iter().filter(|r| !r.held).collect();
+    assert_eq!(reruns.len(), N as usize, "{}: {reruns:?}", h.name());
+    assert!(
+        reruns.iter().all(|r| r.attempt == 1),
+        "{}: every run on the second consumer is the event's first charged attempt: {reruns:?}",
+        h.name()
+    );
+    // The runs that were in flight waited for the visibility timeout (less the lease renewal
+    // period, a third of it) before another consumer took them.
+    let floor = VISIBILITY / 2;
+    for run in &held {
+        let rerun = reruns
+            .iter()
+            .find(|r| r.id == run.id)
+            .expect("the held event ran again");
+        let waited = rerun.started - crashed;
+        assert!(
+            waited >= floor,
+            "{}: event {} was claimed {waited:?} after the crash, before the visibility timeout",
+            h.name(),
+            run.n
+        );
+    }
+    let reader = second.reader("conf.worker");
+    assert_eq!(reader.dead_lettered, 0, "{}: {reader:?}", h.name());
+    assert_eq!(reader.handled, N, "{}: {reader:?}", h.name());
+    assert!(
+        reader.claimed >= 2,
+        "{}: the in-flight runs were claimed: {reader:?}",
+        h.name()
+    );
+    assert!(
+        reader.suspects >= 2,
+        "{}: they ran as suspects: {reader:?}",
+        h.name()
+    );
+    eprintln!(
+        "{}: after the crash: claimed {}, taken over {}, suspects {}",
+        h.name(),
+        reader.claimed,
+        reader.taken_over,
+        reader.suspects
+    );
+    second.shutdown().await;
+}
+
+async fn crash_with_retries_0_charges_nothing_and_another_consumer_claims_after_the_visibility_timeout(
+    h: Harness,
+) {
+    crash_charges_nothing(h, Some(0)).await;
+}
+
+async fn crash_with_default_retries_charges_nothing_and_another_consumer_claims_after_the_visibility_timeout(
+    h: Harness,
+) {
+    crash_charges_nothing(h, None).await;
+}
+
+/// A process that comes back under its consumer name re-reads its own pending entries at once
+/// (long before the 30 s visibility timeout), as first attempts.
+async fn restart_under_the_same_name_rereads_its_own_pending_at_once(h: Harness) {
+    const N: u64 = 4;
+    let log = Log::default();
+    log.hold(true);
+    let mut b = h.builder();
+    b.handlers(["conf.worker"])
+        .state(log.clone())
+        .retries(0)
+        .concurrency(2)
+        .visibility_timeout(Duration::from_secs(30))
+        .claim_interval(Duration::from_secs(10));
+    let mut node = h.start(&b).await;
+    let mut ids = Vec::new();
+    for n in 0..N {
+        ids.push(node.publish(&Job { n }).await);
+    }
+    wait_log(&log, "two runs in flight", |log| log.runs().len() == 2).await;
+    node.crash();
+    log.hold(false);
+    let restarted = Instant::now();
+    node.restart().await;
+    wait_log(&log, "every job handled after the restart", |log| {
+        log.handled("conf.worker").len() >= N as usize
+    })
+    .await;
+    let took = restarted.elapsed();
+    node.idle().await;
+
+    assert!(
+        took < Duration::from_secs(10),
+        "{}: {took:?} (visibility timeout 30 s)",
+        h.name()
+    );
+    assert_eq!(
+        sorted(log.handled("conf.worker")),
+        sorted(ids),
+        "{}",
+        h.name()
+    );
+    let reruns: Vec<Run> = log.runs().into_iter().filter(|r| !r.held).collect();
+    assert_eq!(reruns.len(), N as usize, "{}: {reruns:?}", h.name());
+    assert!(
+        reruns.iter().all(|r| r.attempt == 1),
+        "{}: {reruns:?}",
+        h.name()
+    );
+    let letters = node.dead_letters().await;
+    assert!(letters.is_empty(), "{}: {letters:#?}", h.name());
+    let reader = node.reader("conf.worker");
+    assert_eq!(
+        reader.claimed,
+        0,
+        "{}: its own entries, not claimed: {reader:?}",
+        h.name()
+    );
+    node.shutdown().await;
+}
+
+/// Shutdown lets the running handler finish and acks it: another consumer started afterwards
+/// finds nothing of it to run again; the entry behind it (never started) is handled once there.
+async fn shutdown_drains_the_running_handler_and_acks_it(h: Harness) {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.slow_worker"])
+        .state(log.clone())
+        .visibility_timeout(Duration::from_secs(30))
+        .claim_interval(Duration::from_secs(10));
+    let first = h.start(&b).await;
+    let mut next = first.another().await;
+    let running = first.publish(&Slow { n: 1 }).await;
+    let behind = first.publish(&Slow { n: 2 }).await;
+    wait_log(&log, "run 1 is in flight", |log| {
+        log.entered("conf.slow_worker") == [1]
+    })
+    .await;
+
+    let shutdown = first.shutdown();
+    tokio::pin!(shutdown);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut shutdown)
+            .await
+            .is_err(),
+        "{}: shutdown waits for the running handler",
+        h.name()
+    );
+    assert!(
+        log.handled("conf.slow_worker").is_empty(),
+        "{}: nothing finished yet",
+        h.name()
+    );
+    log.open_gate();
+    tokio::time::timeout(DEADLINE, shutdown)
+        .await
+        .unwrap_or_else(|_| panic!("{}: shutdown did not return", h.name()));
+    assert_eq!(
+        log.handled("conf.slow_worker"),
+        [running.clone()],
+        "{}: the running handler finished during the drain; the next one was not started",
+        h.name()
+    );
+
+    next.start().await;
+    wait_log(&log, "the entry behind it is handled", |log| {
+        log.handled("conf.slow_worker").len() >= 2
+    })
+    .await;
+    next.idle().await;
+    let runs = log.runs();
+    assert_eq!(
+        runs.iter().map(|r| (r.n, r.attempt)).collect::<Vec<_>>(),
+        [(1, 1), (2, 1)],
+        "{}: each event ran once, as a first attempt",
+        h.name()
+    );
+    assert_eq!(
+        log.handled("conf.slow_worker"),
+        [running, behind],
+        "{}",
+        h.name()
+    );
+    let reader = next.reader("conf.slow_worker");
+    assert_eq!(
+        (reader.handled, reader.claimed),
+        (1, 0),
+        "{}: the drained run was acked, nothing waited for a claim: {reader:?}",
+        h.name()
+    );
+    next.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broadcast.
+
+/// Two broadcast handlers in two instances: every handler in every instance gets every event
+/// once.
+async fn broadcast_every_handler_in_every_instance_gets_every_event(h: Harness) {
+    const N: u64 = 3;
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.ping_one", "conf.ping_two"])
+        .state(log.clone());
+    let first = h.start(&b).await;
+    let mut second = first.another().await;
+    second.start().await;
+    let mut ids = Vec::new();
+    for n in 0..N {
+        ids.push(first.publish(&Ping { n }).await);
+    }
+    wait_log(
+        &log,
+        "both handlers ran every event in both instances",
+        |log| {
+            log.handled("conf.ping_one").len() >= 2 * N as usize
+                && log.handled("conf.ping_two").len() >= 2 * N as usize
+        },
+    )
+    .await;
+
+    let mut twice: Vec<EventId> = ids.iter().chain(&ids).cloned().collect();
+    twice.sort();
+    for handler in ["conf.ping_one", "conf.ping_two"] {
+        assert_eq!(
+            sorted(log.handled(handler)),
+            twice,
+            "{}: {handler} ran each event once per instance",
+            h.name()
+        );
+        for node in [&first, &second] {
+            assert_eq!(node.reader(handler).handled, N, "{}", h.name());
+        }
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+/// A slow broadcast handler (one run at a time, queue of 2): a run in flight, 6 more events;
+/// 4 are dropped per the overflow policy and counted; the run and the 2 kept are handled.
+async fn broadcast_queue_bounds(h: &Harness, overflow: Option<Overflow>) -> Vec<u64> {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.tick_gated"])
+        .state(log.clone())
+        .broadcast_queue(2);
+    if let Some(overflow) = overflow {
+        b.broadcast_overflow(overflow);
+    }
+    let node = h.start(&b).await;
+    node.publish(&Tick { n: 0 }).await;
+    wait_log(&log, "tick 0 is running", |log| {
+        log.entered("conf.tick_gated") == [0]
+    })
+    .await;
+    for n in 1..=6 {
+        node.publish(&Tick { n }).await;
+    }
+    wait_until(DEADLINE, "4 ticks dropped", || {
+        let dropped = node.reader("conf.tick_gated").dropped;
+        async move { dropped >= 4 }
+    })
+    .await;
+    let reader = node.reader("conf.tick_gated");
+    assert_eq!(reader.dropped, 4, "{}: {reader:?}", h.name());
+    assert_eq!(reader.gaps, 0, "{}: {reader:?}", h.name());
+    assert_eq!(
+        log.entered("conf.tick_gated"),
+        [0],
+        "{}: one run at a time",
+        h.name()
+    );
+    log.open_gate();
+    wait_log(&log, "the run and the queued ticks are handled", |log| {
+        log.handled("conf.tick_gated").len() >= 3
+    })
+    .await;
+    node.shutdown().await;
+    let handled = log.handled_numbers("conf.tick_gated");
+    assert_eq!(
+        handled.len(),
+        3,
+        "{}: only the run and the queue's 2 are handled: {handled:?}",
+        h.name()
+    );
+    handled
+}
+
+async fn broadcast_queue_full_drops_the_oldest_by_default(h: Harness) {
+    let handled = broadcast_queue_bounds(&h, None).await;
+    assert_eq!(handled, [0, 5, 6], "{}", h.name());
+}
+
+async fn broadcast_queue_full_with_drop_newest_keeps_the_first(h: Harness) {
+    let handled = broadcast_queue_bounds(&h, Some(Overflow::DropNewest)).await;
+    assert_eq!(handled, [0, 1, 2], "{}", h.name());
+}
