@@ -71,7 +71,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct TestBus {
     bus: Bus,
     builder: BusBuilder,
+    /// The store, as every consumer sees it.
     store: Memory,
+    /// This consumer's connection to it (killed by [`crash`](Self::crash)).
+    session: Memory,
+    registered: usize,
     handled: Arc<HandledLog>,
     running: Option<RunningBus>,
     /// Consumers made by [`another`](Self::another) on this store, for their names.
@@ -111,18 +115,21 @@ impl TestBus {
     ) -> Result<TestBus> {
         let config = Arc::new(builder.config()?);
         let (handlers, registered) = select_handlers(&builder, &config)?;
+        let session = store.session();
         let bus = Bus::assemble(
             &builder,
             config,
             handlers,
             registered,
-            Transport::Memory(store.clone()),
+            Transport::Memory(session.clone()),
             Some(handled.clone()),
         );
         Ok(TestBus {
             bus,
             builder,
             store,
+            session,
+            registered,
             handled,
             running: None,
             consumers,
@@ -285,9 +292,21 @@ impl TestBus {
     /// entries are re-read as suspects), or [`another`](Self::another) consumer claims them after
     /// the visibility timeout.
     pub fn crash(&mut self) {
+        // The dead process's connection sends nothing more; a restart is a new process with a
+        // new connection, under the same consumer name.
+        self.session.kill();
         if let Some(running) = self.running.take() {
             running.crash();
         }
+        self.session = self.store.session();
+        self.bus = Bus::assemble(
+            &self.builder,
+            self.bus.inner().config.clone(),
+            self.bus.inner().handlers.clone(),
+            self.registered,
+            Transport::Memory(self.session.clone()),
+            Some(self.handled.clone()),
+        );
     }
 
     /// Makes the next `n` acks fail (as when Redis denies `XACK` or is unreachable): the entries

@@ -2,7 +2,7 @@
 //! per handler, and the same pipeline as durable handlers (without acks).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -147,8 +147,8 @@ struct Lane {
     queue: Arc<Queue>,
     /// Where its dead letters go.
     stream: Stream,
-    /// Its run slots (the handler's concurrency).
-    runs: Arc<Semaphore>,
+    /// Runs in flight (taken off the queue, not finished).
+    running: AtomicUsize,
 }
 
 /// Whether a subscriber's lanes are idle: nothing queued, nothing running. For
@@ -168,9 +168,9 @@ impl LanesIdle {
     /// True when every lane's queue is empty and all its run slots are free.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn is_idle(&self) -> bool {
-        self.0.iter().all(|l| {
-            l.queue.lock().items.is_empty() && l.runs.available_permits() == l.runner.concurrency()
-        })
+        self.0
+            .iter()
+            .all(|l| l.queue.lock().items.is_empty() && l.running.load(Ordering::Acquire) == 0)
     }
 }
 
@@ -206,12 +206,11 @@ impl Subscriber {
             let stream =
                 bus.transport
                     .stream(&bus.namespace, event, runner.handler.name, &bus.consumer);
-            let runs = Arc::new(Semaphore::new(runner.concurrency()));
             let lane = Arc::new(Lane {
                 runner: Arc::new(runner),
                 queue,
                 stream,
-                runs,
+                running: AtomicUsize::new(0),
             });
             let channel = transport::channel_key(&bus.namespace, event);
             routes.entry(channel).or_default().push(lane.clone());
@@ -457,7 +456,7 @@ async fn work(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let semaphore = lane.runs.clone();
+    let semaphore = Arc::new(Semaphore::new(lane.runner.concurrency()));
     loop {
         // Take a run slot before taking an event: an event popped while every slot is busy would
         // wait outside the queue, beyond its capacity and out of reach of `DropOldest`.
@@ -479,6 +478,7 @@ async fn work(
         let Some(item) = item else {
             break;
         };
+        lane.running.fetch_add(1, Ordering::AcqRel);
         let lane = lane.clone();
         let bus = bus.clone();
         tracker.spawn(async move {
@@ -491,6 +491,7 @@ async fn work(
                 }
                 Outcome::Skip | Outcome::Lost | Outcome::Abandoned | Outcome::Released => {}
             }
+            lane.running.fetch_sub(1, Ordering::AcqRel);
             drop(permit);
         });
     }

@@ -53,6 +53,7 @@ impl Transport {
             Transport::Redis(redis) => redis.write_dead_letter(keys, group, ack, letter).await,
             #[cfg(feature = "testing")]
             Transport::Memory(m) => {
+                m.alive()?;
                 super::memory::stream_ops::dead_letter(m, keys, group, ack, letter)
             }
         }

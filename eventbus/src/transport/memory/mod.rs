@@ -54,6 +54,9 @@ pub(crate) struct Memory {
     state: Arc<Mutex<State>>,
     /// What [`Health`](crate::Health) reports of the "connection": always up.
     stats: Arc<crate::telemetry::ConnStats>,
+    /// Set when the process using this handle "crashed" ([`kill`](Self::kill)): the seam then
+    /// refuses its commands, as a dead process's connection sends nothing more.
+    dead: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Everything the store holds.
@@ -86,6 +89,33 @@ impl Memory {
     /// An empty store.
     pub(crate) fn new() -> Memory {
         Memory::default()
+    }
+
+    /// Another handle on the same data, as a new process's connection: not killed.
+    pub(crate) fn session(&self) -> Memory {
+        Memory {
+            state: self.state.clone(),
+            stats: Arc::default(),
+            dead: Arc::default(),
+        }
+    }
+
+    /// Kills this handle (and its clones): every later command through the seam fails, as
+    /// when a process dies with its connection. Other sessions are untouched.
+    pub(crate) fn kill(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `Err` once this handle was [killed](Self::kill).
+    pub(crate) fn alive(&self) -> Result<(), crate::error::TransportError> {
+        if self.dead.load(std::sync::atomic::Ordering::Acquire) {
+            Err(crate::error::TransportError::new(
+                crate::error::TransportErrorKind::Closed,
+                "this consumer crashed",
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     /// The connection counters [`Health`](crate::Health) reports.
