@@ -248,40 +248,10 @@ fn parse_range(reply: Value) -> Vec<Entry> {
     let Value::Array(items) = reply else {
         return Vec::new();
     };
-    items.into_iter().filter_map(parse_entry).collect()
-}
-
-/// `[id, [field, value, ...]]` (or the fields as a map).
-fn parse_entry(v: Value) -> Option<Entry> {
-    let Value::Array(parts) = v else { return None };
-    let mut parts = parts.into_iter();
-    let id = String::from_utf8(into_bytes(parts.next()?)?).ok()?;
-    let mut fields = Vec::new();
-    let mut add = |k: Value, v: Value| {
-        if let (Some(k), Some(v)) = (into_bytes(k), into_bytes(v)) {
-            fields.push((k, v));
-        }
-    };
-    match parts.next() {
-        Some(Value::Array(kv)) => {
-            let mut kv = kv.into_iter();
-            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
-                add(k, v);
-            }
-        }
-        Some(Value::Map(kv)) => kv.into_iter().for_each(|(k, v)| add(k, v)),
-        _ => {}
-    }
-    Some(Entry { id, fields })
-}
-
-fn into_bytes(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::Int(i) => Some(i.to_string().into_bytes()),
-        _ => None,
-    }
+    items
+        .into_iter()
+        .filter_map(super::stream::reply::entry)
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,20 +5,28 @@ use redis::Value;
 
 use crate::transport::source::{AutoClaimed, Entry};
 
-/// An entry out of a reply: `[id, [field, value, ...]]`, or `[id, nil]` for an entry deleted
-/// while pending (then without fields).
+/// An entry out of a reply: `[id, [field, value, ...]]` (or the fields as a map), or `[id, nil]`
+/// for an entry deleted while pending (then without fields).
 pub(crate) fn entry(v: Value) -> Option<Entry> {
     let Value::Array(parts) = v else { return None };
     let mut parts = parts.into_iter();
     let id = into_string(parts.next()?)?;
     let mut fields = Vec::new();
-    if let Some(Value::Array(kv)) = parts.next() {
-        let mut kv = kv.into_iter();
-        while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
-            if let (Some(k), Some(v)) = (into_bytes(k), into_bytes(v)) {
-                fields.push((k, v));
+    let mut add = |k: Value, v: Value| {
+        if let (Some(k), Some(v)) = (into_bytes(k), into_bytes(v)) {
+            fields.push((k, v));
+        }
+    };
+    match parts.next() {
+        Some(Value::Array(kv)) => {
+            let mut kv = kv.into_iter();
+            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                add(k, v);
             }
         }
+        // Fields as a map (a RESP3 server may answer so).
+        Some(Value::Map(kv)) => kv.into_iter().for_each(|(k, v)| add(k, v)),
+        _ => {}
     }
     Some(Entry { id, fields })
 }
