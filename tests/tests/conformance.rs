@@ -2,14 +2,22 @@
 //! transport (`memory::*`) and a real `redis-server` (`redis::*`). A behaviour that differs
 //! between them is a failing test.
 //!
-//! - `conformance/harness.rs`: [`Harness`] (`memory()`, `redis()`) and [`Node`], one consumer;
-//! - `conformance/model.rs`: the events, the handlers and the run [`Log`](model::Log) they write;
+//! - `conformance/harness.rs`: `Harness` (`memory()`, `redis()`) and `Node`, one consumer;
+//! - `conformance/model.rs`: the events, the handlers and the run `Log` they write;
 //! - this file: the behaviours, and the `conformance!` list that runs each on both transports.
 //!
 //! Real time with short settings (visibility timeout 300 ms, claim interval 50 ms, backoff
 //! 10-50 ms, block time 50 ms); every wait has a deadline.
+//!
+//! Known difference (the crash tests fail on memory, often but not always): after
+//! `TestBus::crash()` the crashed consumer still starts queued entries. `RunningBus::crash`
+//! cancels `abort` before `cancel`; the run slots freed by the abandoned runs go to queued
+//! entries that have not seen `cancel` yet. Dropping a `RunningBus` (the Redis side's crash)
+//! cancels `cancel` first, and nothing starts.
 
+#[path = "conformance/harness.rs"]
 mod harness;
+#[path = "conformance/model.rs"]
 mod model;
 
 use std::collections::BTreeSet;
@@ -26,9 +34,10 @@ use model::*;
 /// Generates `mod memory { #[tokio::test] async fn <name>() }` and the same `mod redis`, each
 /// running the behaviour `<name>(h: Harness)` of this file on its transport.
 macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$meta:meta])* $name:ident),* $(,)?) => {
         mod memory {
             $(
+                $(#[$meta])*
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Harness::memory()).await;
@@ -37,6 +46,7 @@ macro_rules! conformance {
         }
         mod redis {
             $(
+                $(#[$meta])*
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Harness::redis()).await;
@@ -49,6 +59,10 @@ macro_rules! conformance {
 conformance![
     fan_out_every_handler_gets_every_event_once,
     competing_consumers_handle_each_event_once_overall,
+    // Fails on both transports alike (a runtime finding, not a transport difference): the
+    // entries of one read are spawned as separate runs that race for the single run slot.
+    #[ignore = "runtime: with concurrency 1, entries of one read start out of stream order"]
+    concurrency_1_runs_entries_in_stream_order,
     retry_fails_twice_then_succeeds_on_attempt_three_after_the_backoff_floor,
     dead_letter_carries_the_event_the_handler_the_error_and_the_attempts,
     replay_runs_only_the_handler_that_gave_up,
@@ -59,17 +73,22 @@ conformance![
     restart_under_the_same_name_rereads_its_own_pending_at_once,
     shutdown_drains_the_running_handler_and_acks_it,
     broadcast_every_handler_in_every_instance_gets_every_event,
+    broadcast_disconnect_counts_a_gap_and_resubscribes,
     broadcast_queue_full_drops_the_oldest_by_default,
     broadcast_queue_full_with_drop_newest_keeps_the_first,
 ];
 
-/// Waits until `cond` holds for the log.
+/// Waits (under [`DEADLINE`]) until `cond` holds for the log; the panic shows every run.
 async fn wait_log(log: &Log, what: &str, cond: impl Fn(&Log) -> bool) {
-    wait_until(DEADLINE, what, || {
-        let ok = cond(log);
-        async move { ok }
-    })
-    .await;
+    let deadline = Instant::now() + DEADLINE;
+    while !cond(log) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for: {what}; runs: {:#?}",
+            log.runs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // ok: poll interval under a deadline
+    }
 }
 
 /// `ids` sorted, as a set that keeps duplicates visible.
@@ -113,9 +132,11 @@ async fn fan_out_every_handler_gets_every_event_once(h: Harness) {
         );
         assert_eq!(node.reader(handler).handled, 5, "{}: health", h.name());
         if let Some(handled) = node.memory_handled(handler) {
+            // In the order the runs finished: with concurrency 16, any order.
             assert_eq!(
-                handled, ids,
-                "memory: TestBus::handled({handler}), in order"
+                sorted(handled),
+                sorted(ids.clone()),
+                "memory: TestBus::handled({handler})"
             );
         }
     }
@@ -184,6 +205,38 @@ async fn competing_consumers_handle_each_event_once_overall(h: Harness) {
     second.shutdown().await;
 }
 
+/// With `concurrency = 1` runs do not overlap, so they start (and finish) in stream order, also
+/// when many entries arrive in one read.
+async fn concurrency_1_runs_entries_in_stream_order(h: Harness) {
+    const N: u64 = 50;
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.sequential"]).state(log.clone());
+    // Published before the start: the first read takes a whole batch.
+    let mut node = h.build(&b).await;
+    let steps: Vec<Step> = (0..N).map(|n| Step { n }).collect();
+    let ids = node.bus().publish_batch(&steps).await.expect("publish");
+    node.start().await;
+    wait_log(&log, "all handled", |log| {
+        log.handled("conf.sequential").len() >= N as usize
+    })
+    .await;
+    node.idle().await;
+    assert_eq!(
+        log.entered("conf.sequential"),
+        (0..N).collect::<Vec<_>>(),
+        "{}: start order",
+        h.name()
+    );
+    assert_eq!(
+        log.handled("conf.sequential"),
+        ids,
+        "{}: finish order",
+        h.name()
+    );
+    node.shutdown().await;
+}
+
 /// A handler that fails twice and then succeeds is handled once, on attempt 3, each retry no
 /// sooner than the backoff.
 async fn retry_fails_twice_then_succeeds_on_attempt_three_after_the_backoff_floor(h: Harness) {
@@ -224,7 +277,7 @@ async fn retry_fails_twice_then_succeeds_on_attempt_three_after_the_backoff_floo
         "{}: {elapsed:?} from attempt 1 to 3",
         h.name()
     );
-    assert_eq!(log.handled("conf.flaky"), [id.clone()]);
+    assert_eq!(log.handled("conf.flaky"), std::slice::from_ref(&id));
     assert!(node.dead_letters().await.is_empty(), "{}", h.name());
     let reader = node.reader("conf.flaky");
     assert_eq!(
@@ -362,7 +415,7 @@ async fn replay_runs_only_the_handler_that_gave_up(h: Harness) {
 
     assert_eq!(
         log.handled("conf.mailer"),
-        [id.clone()],
+        std::slice::from_ref(&id),
         "{}: same id",
         h.name()
     );
@@ -388,7 +441,11 @@ async fn replay_runs_only_the_handler_that_gave_up(h: Harness) {
         h.name()
     );
     if let Some(handled) = node.memory_handled("conf.audit") {
-        assert_eq!(handled, [id.clone()], "memory: audit handled it once");
+        assert_eq!(
+            handled,
+            std::slice::from_ref(&id),
+            "memory: audit handled it once"
+        );
     }
     node.shutdown().await;
 }
@@ -544,10 +601,12 @@ async fn crash_charges_nothing(h: Harness, retries: Option<u32>) {
         log.runs().len() == 2
     })
     .await;
+    let in_flight = log.runs().len();
     let crashed = Instant::now();
     first.crash();
     log.hold(false);
     let mut second = first.another().await;
+    let second_started = Instant::now();
     second.start().await;
     wait_log(&log, "every job handled by the second consumer", |log| {
         log.handled("conf.worker").len() >= N as usize
@@ -555,6 +614,20 @@ async fn crash_charges_nothing(h: Harness, retries: Option<u32>) {
     .await;
     second.idle().await;
 
+    // A dead process starts nothing: every run before the second consumer started is one of
+    // the two that were in flight at the crash.
+    let on_crashed: Vec<Run> = log
+        .runs()
+        .into_iter()
+        .filter(|r| r.started < second_started)
+        .collect();
+    assert_eq!(
+        on_crashed.len(),
+        in_flight,
+        "{}: the crashed consumer started {} run(s) after crash(): {on_crashed:#?}",
+        h.name(),
+        on_crashed.len().saturating_sub(in_flight)
+    );
     let letters = second.dead_letters().await;
     assert!(
         letters.is_empty(),
@@ -568,12 +641,15 @@ async fn crash_charges_nothing(h: Harness, retries: Option<u32>) {
         h.name()
     );
     let held = log.held_runs();
-    assert_eq!(held.len(), 2, "{}: {held:?}", h.name());
-    let reruns: Vec<Run> = log.runs().into_iter().filter(|r| !r.held).collect();
-    assert_eq!(reruns.len(), N as usize, "{}: {reruns:?}", h.name());
+    let reruns: Vec<Run> = log
+        .runs()
+        .into_iter()
+        .filter(|r| r.started >= second_started)
+        .collect();
+    assert_eq!(reruns.len(), N as usize, "{}: {reruns:#?}", h.name());
     assert!(
         reruns.iter().all(|r| r.attempt == 1),
-        "{}: every run on the second consumer is the event's first charged attempt: {reruns:?}",
+        "{}: every run on the second consumer is the event's first charged attempt: {reruns:#?}",
         h.name()
     );
     // The runs that were in flight waited for the visibility timeout (less the lease renewal
@@ -646,6 +722,7 @@ async fn restart_under_the_same_name_rereads_its_own_pending_at_once(h: Harness)
         ids.push(node.publish(&Job { n }).await);
     }
     wait_log(&log, "two runs in flight", |log| log.runs().len() == 2).await;
+    let in_flight = log.runs().len();
     node.crash();
     log.hold(false);
     let restarted = Instant::now();
@@ -657,6 +734,18 @@ async fn restart_under_the_same_name_rereads_its_own_pending_at_once(h: Harness)
     let took = restarted.elapsed();
     node.idle().await;
 
+    let before: Vec<Run> = log
+        .runs()
+        .into_iter()
+        .filter(|r| r.started < restarted)
+        .collect();
+    assert_eq!(
+        before.len(),
+        in_flight,
+        "{}: the crashed consumer started {} run(s) after crash(): {before:#?}",
+        h.name(),
+        before.len().saturating_sub(in_flight)
+    );
     assert!(
         took < Duration::from_secs(10),
         "{}: {took:?} (visibility timeout 30 s)",
@@ -668,11 +757,15 @@ async fn restart_under_the_same_name_rereads_its_own_pending_at_once(h: Harness)
         "{}",
         h.name()
     );
-    let reruns: Vec<Run> = log.runs().into_iter().filter(|r| !r.held).collect();
-    assert_eq!(reruns.len(), N as usize, "{}: {reruns:?}", h.name());
+    let reruns: Vec<Run> = log
+        .runs()
+        .into_iter()
+        .filter(|r| r.started >= restarted)
+        .collect();
+    assert_eq!(reruns.len(), N as usize, "{}: {reruns:#?}", h.name());
     assert!(
         reruns.iter().all(|r| r.attempt == 1),
-        "{}: {reruns:?}",
+        "{}: {reruns:#?}",
         h.name()
     );
     let letters = node.dead_letters().await;
@@ -698,12 +791,19 @@ async fn shutdown_drains_the_running_handler_and_acks_it(h: Harness) {
         .claim_interval(Duration::from_secs(10));
     let first = h.start(&b).await;
     let mut next = first.another().await;
-    let running = first.publish(&Slow { n: 1 }).await;
-    let behind = first.publish(&Slow { n: 2 }).await;
-    wait_log(&log, "run 1 is in flight", |log| {
-        log.entered("conf.slow_worker") == [1]
+    let ids = [
+        first.publish(&Slow { n: 1 }).await,
+        first.publish(&Slow { n: 2 }).await,
+    ];
+    // One run at a time; which of the two starts first is not the point here.
+    wait_log(&log, "one run is in flight", |log| {
+        log.entered("conf.slow_worker").len() == 1
     })
     .await;
+    let first_n = log.entered("conf.slow_worker")[0];
+    let behind_n = 3 - first_n;
+    let running = ids[usize::try_from(first_n - 1).expect("1 or 2")].clone();
+    let behind = ids[usize::try_from(behind_n - 1).expect("1 or 2")].clone();
 
     let shutdown = first.shutdown();
     tokio::pin!(shutdown);
@@ -725,7 +825,7 @@ async fn shutdown_drains_the_running_handler_and_acks_it(h: Harness) {
         .unwrap_or_else(|_| panic!("{}: shutdown did not return", h.name()));
     assert_eq!(
         log.handled("conf.slow_worker"),
-        [running.clone()],
+        std::slice::from_ref(&running),
         "{}: the running handler finished during the drain; the next one was not started",
         h.name()
     );
@@ -739,7 +839,7 @@ async fn shutdown_drains_the_running_handler_and_acks_it(h: Harness) {
     let runs = log.runs();
     assert_eq!(
         runs.iter().map(|r| (r.n, r.attempt)).collect::<Vec<_>>(),
-        [(1, 1), (2, 1)],
+        [(first_n, 1), (behind_n, 1)],
         "{}: each event ran once, as a first attempt",
         h.name()
     );
@@ -802,6 +902,66 @@ async fn broadcast_every_handler_in_every_instance_gets_every_event(h: Harness) 
     }
     first.shutdown().await;
     second.shutdown().await;
+}
+
+/// A lost subscriber connection: the bus resubscribes by itself, counts one gap, and events
+/// published after the resubscription are delivered again.
+async fn broadcast_disconnect_counts_a_gap_and_resubscribes(h: Harness) {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.ping_one"]).state(log.clone());
+    let node = h.start(&b).await;
+    let before = node.publish(&Ping { n: 0 }).await;
+    wait_log(&log, "the event before the gap is handled", |log| {
+        log.handled("conf.ping_one") == [before.clone()]
+    })
+    .await;
+    let reader = node.reader("conf.ping_one");
+    assert_eq!(
+        (reader.gaps, reader.reconnects),
+        (0, 0),
+        "{}: {reader:?}",
+        h.name()
+    );
+
+    node.disconnect_broadcast().await;
+    wait_until(
+        DEADLINE,
+        "the gap is counted and the subscriber is back",
+        || {
+            let r = node.reader("conf.ping_one");
+            async move { r.gaps >= 1 && r.reconnects >= 1 && r.connected }
+        },
+    )
+    .await;
+    // Events published while it was away are lost (at most once); publish until one sent
+    // after the resubscription arrives.
+    let mut after = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    let mut n = 1;
+    while !log
+        .handled("conf.ping_one")
+        .iter()
+        .any(|id| after.contains(id))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}: nothing published after the resubscription arrived: {:#?}",
+            h.name(),
+            node.reader("conf.ping_one")
+        );
+        after.push(node.publish(&Ping { n }).await);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await; // ok: paces publishing under a deadline
+    }
+    let reader = node.reader("conf.ping_one");
+    assert_eq!(reader.gaps, 1, "{}: one gap: {reader:?}", h.name());
+    assert!(
+        reader.connected && reader.last_error.is_none(),
+        "{}: {reader:?}",
+        h.name()
+    );
+    node.shutdown().await;
 }
 
 /// A slow broadcast handler (one run at a time, queue of 2): a run in flight, 6 more events;

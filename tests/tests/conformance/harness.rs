@@ -114,7 +114,7 @@ impl Harness {
 /// One consumer: a bus instance with its own consumer name.
 pub(crate) enum Node {
     Memory(Box<TestBus>),
-    Redis(RedisNode),
+    Redis(Box<RedisNode>),
 }
 
 /// A bus over Redis, with what it takes to make another consumer like it.
@@ -133,13 +133,13 @@ impl Node {
         let n = consumers.fetch_add(1, Ordering::SeqCst);
         builder.consumer(format!("conformance-{n}"));
         let bus = builder.build().await.expect("build a Redis bus");
-        Node::Redis(RedisNode {
+        Node::Redis(Box::new(RedisNode {
             builder,
             url,
             consumers,
             bus,
             running: None,
-        })
+        }))
     }
 
     /// Starts the selected handlers (once).
@@ -249,6 +249,29 @@ impl Node {
                 // A new process: new connections, the same consumer name.
                 node.bus = node.builder.build().await.expect("rebuild the Redis bus");
                 node.running = Some(node.bus.start().await.expect("restart the Redis bus"));
+            }
+        }
+    }
+
+    /// The broadcast subscriber loses its connection: on memory `disconnect_broadcast`; on
+    /// Redis `CLIENT KILL TYPE pubsub` (this test's server has no other subscriber).
+    pub(crate) async fn disconnect_broadcast(&self) {
+        match self {
+            Node::Memory(test) => test.disconnect_broadcast(),
+            Node::Redis(node) => {
+                let client = redis::Client::open(node.url.as_str()).expect("redis url");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect to the test redis");
+                let killed: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("CLIENT KILL");
+                assert_eq!(killed, 1, "one subscriber connection");
             }
         }
     }

@@ -408,3 +408,18 @@ async fn tick_gated(ev: Tick, ctx: Context, log: State<Log>) -> anyhow::Result<(
     log.end(run, true);
     Ok(())
 }
+
+/// Order: one run at a time.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "conf.step")]
+pub(crate) struct Step {
+    pub(crate) n: u64,
+}
+
+#[event_handler(name = "conf.sequential", concurrency = 1)]
+async fn sequential(ev: Step, ctx: Context, log: State<Log>) -> anyhow::Result<()> {
+    let run = log.start(&ctx, ev.n);
+    tokio::task::yield_now().await;
+    log.end(run, true);
+    Ok(())
+}
