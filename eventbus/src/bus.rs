@@ -413,8 +413,9 @@ impl RunningBus {
     /// acked, dead-lettered or handed back. For `testing::TestBus::crash`.
     #[cfg(feature = "testing")]
     pub(crate) fn crash(self) {
-        self.abort.cancel();
+        // `cancel` first: a slot an abandoned run frees must not start a queued entry.
         self.cancel.cancel();
+        self.abort.cancel();
     }
 }
 

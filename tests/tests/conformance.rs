@@ -59,9 +59,6 @@ macro_rules! conformance {
 conformance![
     fan_out_every_handler_gets_every_event_once,
     competing_consumers_handle_each_event_once_overall,
-    // Fails on both transports alike (a runtime finding, not a transport difference): the
-    // entries of one read are spawned as separate runs that race for the single run slot.
-    #[ignore = "runtime: with concurrency 1, entries of one read start out of stream order"]
     concurrency_1_runs_entries_in_stream_order,
     retry_fails_twice_then_succeeds_on_attempt_three_after_the_backoff_floor,
     dead_letter_carries_the_event_the_handler_the_error_and_the_attempts,

@@ -42,6 +42,8 @@ struct Shared {
     /// Entry ids being handled by this reader, so a re-read of our own pending entries or a
     /// claim does not start a second run of an entry that is still running here.
     inflight: Arc<Mutex<HashSet<String>>>,
+    /// Entries to start, in the order they were read or claimed ([`start_loop`]).
+    starts: mpsc::UnboundedSender<Start>,
     /// Entries to acknowledge, batched by [`ack_loop`], each with its prefetch-window permit
     /// (released only once the ack lands: while acks fail, the reader stops taking entries).
     acks: mpsc::UnboundedSender<Settled>,
@@ -65,6 +67,8 @@ pub(crate) struct Reader {
     shared: Arc<Shared>,
     /// The dedicated connection for blocking reads.
     conn: Option<Reading>,
+    /// The starter's end of [`Shared::starts`], until [`run`](Self::run) spawns it.
+    starts: Option<mpsc::UnboundedReceiver<Start>>,
 }
 
 impl Reader {
@@ -85,6 +89,7 @@ impl Reader {
         );
         let inflight = Arc::new(Mutex::new(HashSet::new()));
         let (acks, rx) = mpsc::unbounded_channel();
+        let (starts, starts_rx) = mpsc::unbounded_channel();
         tracker.spawn(ack_loop(
             rx,
             stream.clone(),
@@ -99,6 +104,7 @@ impl Reader {
             // XACK is out, and stop when acks fail.
             window: Arc::new(Semaphore::new(runner.concurrency() + 2 * config.batch_size)),
             inflight,
+            starts,
             acks,
             handback: Mutex::new(Vec::new()),
             first_trim_check: Semaphore::new(0),
@@ -116,6 +122,7 @@ impl Reader {
         Reader {
             shared: Arc::new(shared),
             conn: None,
+            starts: Some(starts_rx),
         }
     }
 
@@ -173,6 +180,9 @@ impl Reader {
         let mut pending_cursor: Option<String> = Some("0".to_owned());
         // Leases and claims run beside the read loop, so neither waits while the prefetch window
         // is full, and leases keep being renewed through the drain at shutdown.
+        if let Some(starts) = self.starts.take() {
+            shared.tracker.spawn(start_loop(shared.clone(), starts));
+        }
         shared.tracker.spawn(maintain(shared.clone()));
         tokio::select! {
             _ = tokio::time::timeout(Duration::from_secs(2), shared.first_trim_check.acquire()) => {}
@@ -602,11 +612,6 @@ impl Shared {
                 .collect(),
             Err(_) => vec![true; entries.len()],
         };
-        let slots = if suspect {
-            u32::try_from(self.runner.concurrency()).unwrap_or(u32::MAX)
-        } else {
-            1
-        };
         for ((entry, charged), fresh) in entries.into_iter().zip(fresh) {
             if !fresh {
                 continue; // still running here since an earlier delivery
@@ -617,38 +622,17 @@ impl Shared {
             let window = first
                 .take()
                 .or_else(|| self.window.clone().try_acquire_owned().ok());
-            let shared = self.clone();
-            self.tracker.spawn(async move {
-                // The handler's run slots first (all of them for a suspect), then the process-wide
-                // lock (exclusive for a suspect): always in this order, so no two waiters hold
-                // what the other waits for.
-                let slots_and_lock = async {
-                    let running = shared
-                        .running
-                        .clone()
-                        .acquire_many_owned(slots)
-                        .await
-                        .ok()?;
-                    let lock = shared.alone.clone();
-                    let guard = if suspect {
-                        Guard::Alone(lock.write_owned().await)
-                    } else {
-                        Guard::Shared(lock.read_owned().await)
-                    };
-                    Some((running, guard))
-                };
-                let running = tokio::select! {
-                    biased;
-                    () = shared.cancel.cancelled() => None,
-                    r = slots_and_lock => r,
-                };
-                match running {
-                    Some(held) if !shared.cancel.is_cancelled() => {
-                        handle_entry(&shared, entry, charged, suspect, window, held).await;
-                    }
-                    _ => shared.release(entry.id, suspect),
-                }
-            });
+            let start = Start {
+                entry,
+                charged,
+                suspect,
+                window,
+            };
+            // In stream order, through the reader's one starter: with `concurrency = 1` entries
+            // start in the order they were read.
+            if let Err(mpsc::error::SendError(start)) = self.starts.send(start) {
+                self.release(start.entry.id, start.suspect);
+            }
         }
     }
 
@@ -767,6 +751,79 @@ enum Guard {
     Shared(tokio::sync::OwnedRwLockReadGuard<()>),
     /// A suspect: alone in the process.
     Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+/// One entry waiting for its run slots.
+struct Start {
+    entry: Entry,
+    /// Attempts charged to it before this delivery.
+    charged: u32,
+    /// Redelivered after a possible crash: runs alone.
+    suspect: bool,
+    /// Its prefetch-window permit, if it got one.
+    window: Option<OwnedSemaphorePermit>,
+}
+
+/// Starts the reader's entries one after the other, in the order they were dispatched: each
+/// waits for its run slot (every slot for a suspect), then the process-wide lock (exclusive for
+/// a suspect), always in this order so no two waiters hold what the other waits for; then its
+/// run is spawned. At shutdown, entries not started are released (handed back).
+async fn start_loop(shared: Arc<Shared>, mut starts: mpsc::UnboundedReceiver<Start>) {
+    let all = u32::try_from(shared.runner.concurrency()).unwrap_or(u32::MAX);
+    loop {
+        let start = tokio::select! {
+            biased;
+            () = shared.cancel.cancelled() => break,
+            s = starts.recv() => match s {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        let slots = if start.suspect { all } else { 1 };
+        let slots_and_lock = async {
+            let running = shared
+                .running
+                .clone()
+                .acquire_many_owned(slots)
+                .await
+                .ok()?;
+            let lock = shared.alone.clone();
+            let guard = if start.suspect {
+                Guard::Alone(lock.write_owned().await)
+            } else {
+                Guard::Shared(lock.read_owned().await)
+            };
+            Some((running, guard))
+        };
+        let held = tokio::select! {
+            biased;
+            () = shared.cancel.cancelled() => None,
+            r = slots_and_lock => r,
+        };
+        match held {
+            Some(held) if !shared.cancel.is_cancelled() => {
+                let run = shared.clone();
+                shared.tracker.spawn(async move {
+                    let Start {
+                        entry,
+                        charged,
+                        suspect,
+                        window,
+                    } = start;
+                    handle_entry(&run, entry, charged, suspect, window, held).await;
+                });
+            }
+            _ => {
+                shared.release(start.entry.id, start.suspect);
+                break;
+            }
+        }
+    }
+    // Shutdown: nothing more starts here.
+    starts.close();
+    while let Ok(start) = starts.try_recv() {
+        shared.release(start.entry.id, start.suspect);
+    }
 }
 
 /// One settled entry on its way to the ack batcher.
