@@ -163,6 +163,25 @@ impl TestBus {
         self.bus.publish(event).await
     }
 
+    /// Appends a raw entry to the stream of durable event `event` (by name), as another producer
+    /// might: for tests of malformed input (bad JSON, a missing `envelope` field, a newer schema
+    /// version, non-UTF-8 bytes). Returns the entry id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Transport`] when `fields` is empty.
+    pub async fn publish_raw(&self, event: &str, fields: &[(&str, &[u8])]) -> Result<String> {
+        let key = stream_key(&self.bus.inner().config.namespace, event);
+        let fields = fields
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect();
+        self.session
+            .alive()
+            .and_then(|()| self.session.xadd(&key, fields, None))
+            .map_err(Error::transport("XADD"))
+    }
+
     /// Waits until the bus is idle: for every durable handler nothing unread and nothing pending
     /// (so no retry, backoff or claim is due: a pending entry waits for one), and for broadcast
     /// nothing undelivered, queued or running. Seen idle twice, a millisecond apart.
