@@ -44,8 +44,9 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(test()).unwrap();
 //! ```
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::bus::{Bus, RunningBus, select_handlers};
@@ -54,13 +55,43 @@ use crate::dlq::DeadLetter;
 use crate::envelope::EventId;
 use crate::error::{Error, Result};
 use crate::event::{Delivery, DomainEvent};
+use crate::runtime::lane::LanesIdle;
 use crate::telemetry::{HandledLog, Health};
 use crate::transport::Transport;
 use crate::transport::keys::stream_key;
 use crate::transport::memory::Memory;
 
-/// How long [`TestBus::run_until_idle`] waits (tokio time) before it gives up.
+/// The least [`TestBus::run_until_idle`] waits (tokio time) before it gives up; it waits at
+/// least four visibility timeouts too, so a crashed consumer's entries can be claimed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every bus on one store shares: its handlers' groups, its running broadcast lanes,
+/// what was handled, and a counter for consumer names.
+#[derive(Debug, Default)]
+struct Family {
+    /// Buses made so far (`another` names the next one after it).
+    buses: AtomicUsize,
+    /// `(stream, group)` of every durable handler of every bus on the store.
+    groups: Mutex<BTreeSet<(String, &'static str)>>,
+    /// The broadcast lanes of every started bus, by bus.
+    lanes: Mutex<BTreeMap<usize, LanesIdle>>,
+    handled: Arc<HandledLog>,
+}
+
+impl Family {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, LanesIdle>> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn groups(&self) -> Vec<(String, &'static str)> {
+        self.groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
 
 /// A bus over an in-memory transport with Redis Streams semantics, for unit tests of handlers.
 ///
@@ -76,10 +107,10 @@ pub struct TestBus {
     /// This consumer's connection to it (killed by [`crash`](Self::crash)).
     session: Memory,
     registered: usize,
-    handled: Arc<HandledLog>,
     running: Option<RunningBus>,
-    /// Consumers made by [`another`](Self::another) on this store, for their names.
-    consumers: Arc<AtomicUsize>,
+    /// This bus's number in its family.
+    id: usize,
+    family: Arc<Family>,
 }
 
 impl BusBuilder {
@@ -92,12 +123,7 @@ impl BusBuilder {
     /// [`Error::DuplicateHandler`], [`Error::DuplicateEvent`], [`Error::UnknownHandler`],
     /// [`Error::MissingState`].
     pub async fn build_test(&mut self) -> Result<TestBus> {
-        TestBus::assemble(
-            self.clone(),
-            Memory::new(),
-            Arc::new(HandledLog::default()),
-            Arc::new(AtomicUsize::new(0)),
-        )
+        TestBus::assemble(self.clone(), Memory::new(), Arc::default())
     }
 }
 
@@ -107,14 +133,19 @@ impl TestBus {
         Bus::builder()
     }
 
-    fn assemble(
-        builder: BusBuilder,
-        store: Memory,
-        handled: Arc<HandledLog>,
-        consumers: Arc<AtomicUsize>,
-    ) -> Result<TestBus> {
+    fn assemble(builder: BusBuilder, store: Memory, family: Arc<Family>) -> Result<TestBus> {
         let config = Arc::new(builder.config()?);
         let (handlers, registered) = select_handlers(&builder, &config)?;
+        family
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(
+                handlers
+                    .iter()
+                    .filter(|h| h.delivery == Delivery::Durable)
+                    .map(|h| (stream_key(&config.namespace, h.event_name), h.name)),
+            );
         let session = store.session();
         let bus = Bus::assemble(
             &builder,
@@ -122,17 +153,18 @@ impl TestBus {
             handlers,
             registered,
             Transport::Memory(session.clone()),
-            Some(handled.clone()),
+            Some(family.handled.clone()),
         );
+        let id = family.buses.fetch_add(1, Ordering::Relaxed);
         Ok(TestBus {
             bus,
             builder,
             store,
             session,
             registered,
-            handled,
             running: None,
-            consumers,
+            id,
+            family,
         })
     }
 
@@ -149,7 +181,11 @@ impl TestBus {
     /// As [`Bus::start`] (not expected in memory).
     pub async fn start(&mut self) -> Result<()> {
         if self.running.is_none() {
-            self.running = Some(self.bus.start().await?);
+            let running = self.bus.start().await?;
+            if let Some(lanes) = &running.broadcast_idle {
+                self.family.lanes().insert(self.id, lanes.clone());
+            }
+            self.running = Some(running);
         }
         Ok(())
     }
@@ -182,22 +218,37 @@ impl TestBus {
             .map_err(Error::transport("XADD"))
     }
 
-    /// Waits until the bus is idle: for every durable handler nothing unread and nothing pending
-    /// (so no retry, backoff or claim is due: a pending entry waits for one), and for broadcast
-    /// nothing undelivered, queued or running. Seen idle twice, a millisecond apart.
+    /// Waits until every bus on this store is idle: for every durable handler nothing unread and
+    /// nothing pending (so no retry, backoff or claim is due: a pending entry waits for one), and
+    /// for broadcast nothing undelivered, queued or running, and every subscription up. Seen
+    /// idle twice, a millisecond apart. Waits at most [`IDLE_TIMEOUT`] or four visibility
+    /// timeouts, whichever is longer; [`run_until_idle_within`](Self::run_until_idle_within)
+    /// takes another limit.
     ///
     /// Entries a [`crash`](Self::crash)ed consumer left pending count as not idle until a
-    /// running consumer claims them (after the visibility timeout).
+    /// running consumer claims them (after the visibility timeout); events published before any
+    /// bus started count as unread.
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when the bus is not idle after [`IDLE_TIMEOUT`] of tokio time (say,
-    /// a crashed consumer's entries and no consumer running to claim them).
+    /// [`Error::Timeout`] when the store is not idle in time; its `last_error` says what is left
+    /// (say, a crashed consumer's entries and no consumer running to claim them).
     pub async fn run_until_idle(&self) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
+        let visibility = self.bus.inner().config.visibility_timeout;
+        self.run_until_idle_within(IDLE_TIMEOUT.max(visibility.saturating_mul(4)))
+            .await
+    }
+
+    /// [`run_until_idle`](Self::run_until_idle), giving up after `limit` (tokio time).
+    ///
+    /// # Errors
+    ///
+    /// As [`run_until_idle`](Self::run_until_idle).
+    pub async fn run_until_idle_within(&self, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
         let mut seen_idle = false;
         loop {
-            if self.is_idle() {
+            if self.busy().is_empty() {
                 if seen_idle {
                     return Ok(());
                 }
@@ -208,64 +259,47 @@ impl TestBus {
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout {
                     operation: "run_until_idle".to_owned(),
-                    limit: IDLE_TIMEOUT,
-                    last_error: Some(self.busy_with()),
+                    limit,
+                    last_error: Some(self.busy().join("; ")),
                 });
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
-    /// Whether nothing is left to do now.
-    fn is_idle(&self) -> bool {
-        let durable_idle = self.durable_groups().iter().all(|(stream, group)| {
-            self.store
-                .group_info(stream, group)
-                .is_none_or(|g| g.pending == 0 && g.lag == 0)
-        });
-        let broadcast_idle = self
-            .running
-            .as_ref()
-            .and_then(|r| r.broadcast_idle.as_ref())
-            .is_none_or(|lanes| lanes.is_idle());
-        durable_idle && broadcast_idle && self.store.undelivered_broadcasts() == 0
-    }
-
-    /// What keeps the bus busy, for the timeout's message.
-    fn busy_with(&self) -> String {
+    /// What is left to do on the store, one line each; empty when idle.
+    fn busy(&self) -> Vec<String> {
         let mut busy = Vec::new();
-        for (stream, group) in self.durable_groups() {
-            if let Some(g) = self.store.group_info(&stream, group)
-                && (g.pending > 0 || g.lag > 0)
-            {
-                busy.push(format!(
+        for (stream, group) in self.family.groups() {
+            match self.store.group_info(&stream, group) {
+                Some(g) if g.pending > 0 || g.lag > 0 => busy.push(format!(
                     "handler `{group}`: {} pending, {} unread",
                     g.pending, g.lag
-                ));
+                )),
+                Some(_) => {}
+                // No group yet (no bus started): everything in the stream is unread.
+                None => {
+                    let unread = self.store.xrange(&stream, usize::MAX).len();
+                    if unread > 0 {
+                        busy.push(format!("handler `{group}`: {unread} unread (not started)"));
+                    }
+                }
             }
         }
-        if busy.is_empty() {
-            busy.push("broadcast messages queued or running".to_owned());
+        if self.family.lanes().values().any(|lanes| !lanes.is_idle()) {
+            busy.push("broadcast events queued or running, or a subscription is down".to_owned());
         }
-        busy.join("; ")
-    }
-
-    /// `(stream, group)` of every durable handler this bus runs.
-    fn durable_groups(&self) -> Vec<(String, &'static str)> {
-        let namespace = &self.bus.inner().config.namespace;
-        self.bus
-            .inner()
-            .handlers
-            .iter()
-            .filter(|h| h.delivery == Delivery::Durable)
-            .map(|h| (stream_key(namespace, h.event_name), h.name))
-            .collect()
+        let undelivered = self.store.undelivered_broadcasts();
+        if undelivered > 0 {
+            busy.push(format!("{undelivered} broadcast events not yet received"));
+        }
+        busy
     }
 
     /// The events `handler` handled (its run returned `Ok`), in the order they finished, on
-    /// this bus and every bus made from it by [`another`](Self::another).
+    /// every bus of this store ([`another`](Self::another) included).
     pub fn handled(&self, handler: &str) -> Vec<EventId> {
-        self.handled.of(handler)
+        self.family.handled.of(handler)
     }
 
     /// Every dead letter of the namespace, oldest first per event, as
@@ -294,26 +328,32 @@ impl TestBus {
     ///
     /// As [`BusBuilder::build_test`].
     pub fn another(&self) -> Result<TestBus> {
-        let n = self.consumers.fetch_add(1, Ordering::Relaxed) + 2;
+        let n = self.family.buses.load(Ordering::Relaxed) + 1;
         let mut builder = self.builder.clone();
-        builder.consumer(format!("{}-{n}", self.bus.consumer_name()));
-        TestBus::assemble(
-            builder,
-            self.store.clone(),
-            self.handled.clone(),
-            self.consumers.clone(),
-        )
+        builder.consumer(format!("{}-{n}", self.first_consumer()));
+        TestBus::assemble(builder, self.store.clone(), self.family.clone())
     }
 
-    /// Simulates `kill -9` of this consumer: running attempts are abandoned where they stand,
-    /// and nothing more is acked, dead-lettered or handed back. Their entries stay pending under
-    /// this consumer's name: [`start`](Self::start) again restarts under the same name (the
-    /// entries are re-read as suspects), or [`another`](Self::another) consumer claims them after
-    /// the visibility timeout.
+    /// The consumer name of the family's first bus (`another` numbers from it).
+    fn first_consumer(&self) -> String {
+        let name = self.bus.consumer_name();
+        match name.rsplit_once('-') {
+            Some((base, n)) if self.id > 0 && n.parse::<usize>().is_ok() => base.to_owned(),
+            _ => name.to_owned(),
+        }
+    }
+
+    /// Simulates `kill -9` of this consumer: running attempts are abandoned where they stand;
+    /// nothing more is acked, charged, dead-lettered, handed back or published, and what its
+    /// broadcast queues held is lost. Its entries stay pending under this consumer's name:
+    /// [`start`](Self::start) again restarts under the same name (the entries are re-read as
+    /// suspects), or [`another`](Self::another) consumer claims them after the visibility
+    /// timeout.
     pub fn crash(&mut self) {
         // The dead process's connection sends nothing more; a restart is a new process with a
         // new connection, under the same consumer name.
         self.session.kill();
+        self.family.lanes().remove(&self.id);
         if let Some(running) = self.running.take() {
             running.crash();
         }
@@ -324,24 +364,25 @@ impl TestBus {
             self.bus.inner().handlers.clone(),
             self.registered,
             Transport::Memory(self.session.clone()),
-            Some(self.handled.clone()),
+            Some(self.family.handled.clone()),
         );
     }
 
-    /// Makes the next `n` acks fail (as when Redis denies `XACK` or is unreachable): the entries
-    /// stay pending and in flight, and the acks are retried.
+    /// Makes this consumer's next `n` acks fail (as when its connection drops, or Redis denies
+    /// `XACK`): the entries stay pending and in flight here, and the acks are retried.
     pub fn fail_next_acks(&self, n: usize) {
-        self.store.fail_next_acks(n);
+        self.session.fail_session_acks(n);
     }
 
-    /// Makes the next `n` dead-letter writes fail (as Redis's `OOM`): the original stays pending
-    /// and the write is retried.
+    /// Makes the next `n` dead-letter writes on the store fail (as Redis's `OOM`): the original
+    /// stays pending and the write is retried.
     pub fn fail_next_dead_letters(&self, n: usize) {
         self.store.fail_next_dead_letters(n);
     }
 
-    /// Drops every broadcast subscription, as a lost Pub/Sub connection: what is published
-    /// until the bus resubscribes is not received (at most once).
+    /// Drops every broadcast subscription on the store, as a lost Pub/Sub connection: what is
+    /// published until the buses resubscribe is not received (at most once).
+    /// [`run_until_idle`](Self::run_until_idle) waits for them to resubscribe.
     pub fn disconnect_broadcast(&self) {
         self.store.disconnect_broadcast();
     }
@@ -353,9 +394,18 @@ impl TestBus {
     ///
     /// As [`RunningBus::shutdown`].
     pub async fn shutdown(mut self) -> Result<()> {
+        self.family.lanes().remove(&self.id);
         match self.running.take() {
             Some(running) => running.shutdown().await,
             None => Ok(()),
         }
+    }
+}
+
+impl Drop for TestBus {
+    /// A bus dropped without [`shutdown`](TestBus::shutdown) stops as a crashed one: its lanes
+    /// no longer count for the other buses' [`run_until_idle`](TestBus::run_until_idle).
+    fn drop(&mut self) {
+        self.family.lanes().remove(&self.id);
     }
 }

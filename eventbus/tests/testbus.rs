@@ -294,17 +294,8 @@ async fn broadcast_fans_out_and_a_dropped_subscription_loses_only_the_gap() -> e
     bus.disconnect_broadcast();
     // Published before the subscriber task runs again: nobody is subscribed.
     bus.publish(&News { n: 2 }).await?;
-    for _ in 0..10_000 {
-        if bus
-            .health()
-            .readers
-            .iter()
-            .all(|r| r.gaps == 1 && r.connected)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // Idle includes "every subscription is up again".
+    bus.run_until_idle().await?;
     assert!(
         bus.health()
             .readers
@@ -358,4 +349,104 @@ async fn an_attempt_stuck_past_the_drain_is_abandoned_and_claimed_by_another()
     other.run_until_idle().await?;
     assert_eq!(other.handled("tb.ack"), vec![id]);
     other.shutdown().await
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "tb.alert", broadcast)]
+struct Alert {
+    n: u64,
+}
+
+#[event_handler(name = "tb.alert", concurrency = 1)]
+async fn alert(ev: Alert, log: State<Log>) -> anyhow::Result<()> {
+    if ev.n == 0 {
+        // The first one blocks the lane (concurrency 1) until the test crashes the bus.
+        log.started.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<()>().await;
+    }
+    log.attempt().await
+}
+
+/// A crash loses what a broadcast lane had queued (a dead process's memory), and nothing the
+/// crashed bus held runs afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_crash_drops_queued_broadcasts() -> eventbus::Result<()> {
+    let log = Log::default();
+    let mut bus = builder(&["tb.alert"], &log).build_test().await?;
+    bus.start().await?;
+    bus.publish(&Alert { n: 0 }).await?;
+    log.wait_started(1).await;
+    for n in 1..=3 {
+        bus.publish(&Alert { n }).await?;
+    }
+    // Let the subscriber queue them behind the blocked run.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    bus.crash();
+    for _ in 0..1000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        bus.handled("tb.alert").is_empty(),
+        "{:?}",
+        bus.handled("tb.alert")
+    );
+    assert_eq!(log.started(), 1, "nothing queued ran after the crash");
+    Ok(())
+}
+
+/// `run_until_idle` on one bus waits for every bus of its store: here the other instance's
+/// broadcast run.
+#[tokio::test(start_paused = true)]
+async fn run_until_idle_waits_for_every_bus_on_the_store() -> eventbus::Result<()> {
+    let log = Log::default();
+    log.slow.store(true, Ordering::SeqCst);
+    let mut a = builder(&["tb.news.a"], &log).build_test().await?;
+    let mut b = a.another()?;
+    a.start().await?;
+    b.start().await?;
+    let id = a.publish(&News { n: 9 }).await?;
+    a.run_until_idle().await?;
+    assert_eq!(
+        a.handled("tb.news.a"),
+        vec![id.clone(), id],
+        "both instances ran it"
+    );
+    b.shutdown().await?;
+    a.shutdown().await
+}
+
+/// Events published before any bus started count as unread: `run_until_idle` before `start`
+/// does not report idle.
+#[tokio::test(start_paused = true)]
+async fn events_published_before_start_are_not_idle() -> eventbus::Result<()> {
+    let log = Log::default();
+    let mut bus = builder(&["tb.ack"], &log).build_test().await?;
+    let id = bus.publish(&AckEvent { n: 7 }).await?;
+    let err = bus
+        .run_until_idle_within(Duration::from_secs(1))
+        .await
+        .expect_err("unread before start");
+    assert!(err.to_string().contains("1 unread (not started)"), "{err}");
+    bus.start().await?;
+    bus.run_until_idle().await?;
+    assert_eq!(bus.handled("tb.ack"), vec![id]);
+    bus.shutdown().await
+}
+
+/// `fail_next_acks` fails this consumer's acks only: another consumer's acks land.
+#[tokio::test(start_paused = true)]
+async fn failed_acks_are_per_consumer() -> eventbus::Result<()> {
+    let log = Log::default();
+    let mut a = builder(&["tb.ack"], &log).build_test().await?;
+    let mut b = a.another()?;
+    b.fail_next_acks(1000);
+    a.start().await?;
+    a.publish(&AckEvent { n: 8 }).await?;
+    a.run_until_idle().await?;
+    assert_eq!(a.health().readers[0].ack_errors, 0);
+    b.start().await?;
+    b.shutdown().await?;
+    a.shutdown().await
 }

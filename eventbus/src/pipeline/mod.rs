@@ -149,7 +149,7 @@ impl Runner {
     }
 
     /// Checks, decodes and runs one broadcast envelope, with retries.
-    pub(crate) async fn run(&self, raw: &[u8], _deliveries: u32) -> Outcome {
+    pub(crate) async fn run(&self, raw: &[u8]) -> Outcome {
         self.run_charged(raw, &mut Charges::default()).await
     }
 
@@ -288,9 +288,10 @@ impl Runner {
                     }
                 }
             };
+            // Biased toward the abort: once the drain is abandoned (or a test bus "crashed"),
+            // the attempt is not polled again, so it cannot finish, or count, after that.
             let result = tokio::select! {
                 biased;
-                r = run => r,
                 () = self.abort.cancelled() => {
                     if charges.alone && let Some(marks) = charges.marks {
                         // Not its crash: take back the charge made before the attempt.
@@ -298,6 +299,7 @@ impl Runner {
                     }
                     return Outcome::Abandoned;
                 }
+                r = run => r,
             };
             match result {
                 Ok(()) => {

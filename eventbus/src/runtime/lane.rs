@@ -165,12 +165,15 @@ impl std::fmt::Debug for LanesIdle {
 }
 
 impl LanesIdle {
-    /// True when every lane's queue is empty and all its run slots are free.
+    /// True when every lane's queue is empty, nothing runs, and the subscription is up (a
+    /// dropped one is being replaced: what is published meanwhile would be lost).
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn is_idle(&self) -> bool {
-        self.0
-            .iter()
-            .all(|l| l.queue.lock().items.is_empty() && l.running.load(Ordering::Acquire) == 0)
+        self.0.iter().all(|l| {
+            l.queue.lock().items.is_empty()
+                && l.running.load(Ordering::Acquire) == 0
+                && l.runner.stats.connected.load(Ordering::Acquire)
+        })
     }
 }
 
@@ -478,13 +481,18 @@ async fn work(
         let Some(item) = item else {
             break;
         };
+        if lane.runner.abort.is_cancelled() {
+            // The drain was abandoned: what is still queued is dropped, as a dead process's
+            // memory is.
+            break;
+        }
         lane.running.fetch_add(1, Ordering::AcqRel);
         let lane = lane.clone();
         let bus = bus.clone();
         tracker.spawn(async move {
             // Shared with every other run of the process; a durable suspect runs alone.
             let _shared = bus.alone.clone().read_owned().await;
-            match lane.runner.run(&item, 1).await {
+            match lane.runner.run(&item).await {
                 Outcome::Ack => Stats::add(&lane.runner.stats.handled, 1),
                 Outcome::DeadLetter(failure) => {
                     dead_letter(&lane.runner, &lane.stream, None, &failure).await

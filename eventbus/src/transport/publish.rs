@@ -133,7 +133,10 @@ impl Sender {
                     .await
             }
             #[cfg(feature = "testing")]
-            Sender::Memory(m) => match prepare().map_err(SendError::Prepare)? {
+            Sender::Memory(m) => match {
+                m.alive().map_err(SendError::Failed)?;
+                prepare().map_err(SendError::Prepare)?
+            } {
                 Prepared::Memory(command) => command.apply(m).map_err(SendError::Failed),
                 Prepared::Redis(_) => Err(SendError::Prepare(mismatch())),
             },
@@ -154,6 +157,7 @@ impl Sender {
             }
             #[cfg(feature = "testing")]
             (Sender::Memory(m), Batch::Memory(batch)) => {
+                m.alive().map_err(SendError::Failed)?;
                 for command in batch {
                     command.apply(m).map_err(SendError::Failed)?;
                 }

@@ -226,11 +226,13 @@ impl Stream {
 
     /// Acks `ids`, and deletes the charged attempts of `marked` (a failure of that delete is
     /// logged, not returned: the ack landed).
-    pub(crate) async fn ack(&self, ids: &[String], marked: &[String]) -> TResult<()> {
+    pub(crate) async fn ack(&self, ids: &[&str], marked: &[&str]) -> TResult<()> {
         dispatch!(self,
         r => crate::transport::redis::stream::ack::ack(r, self, ids, marked).await,
         m => {
-            m.ack(&self.keys.stream, self.group, ids)?;
+            m.session_ack_fault()?;
+            let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+            m.ack(&self.keys.stream, self.group, &ids)?;
             if !marked.is_empty() {
                 let fields: Vec<String> = marked
                     .iter()

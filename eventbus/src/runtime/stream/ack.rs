@@ -36,8 +36,6 @@ pub(super) async fn ack_loop(
     const MAX_BATCH: usize = 1000;
     let group = stream.group;
     let mut batch: Vec<Settled> = Vec::with_capacity(64);
-    let mut ids: Vec<String> = Vec::with_capacity(64);
-    let mut marked: Vec<String> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -46,14 +44,13 @@ pub(super) async fn ack_loop(
                 Err(_) => break,
             }
         }
-        ids.clear();
-        marked.clear();
-        for settled in &batch {
-            ids.push(settled.id.clone());
-            if settled.marked {
-                marked.push(settled.id.clone());
-            }
-        }
+        // Borrowed from the batch: no id is copied.
+        let ids: Vec<&str> = batch.iter().map(|s| s.id.as_str()).collect();
+        let marked: Vec<&str> = batch
+            .iter()
+            .filter(|s| s.marked)
+            .map(|s| s.id.as_str())
+            .collect();
         // XACK is idempotent: retry until it lands (the entries stay in the in-flight set, so
         // nothing re-runs them meanwhile), or until shutdown gives up on the drain.
         let mut delay = Duration::from_millis(50);

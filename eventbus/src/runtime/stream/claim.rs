@@ -159,7 +159,8 @@ impl Shared {
                     lost = reply.deleted.len(),
                     "pending entries were deleted or trimmed from the stream before they were handled; they are lost"
                 );
-                let _ = shared.stream.ack(&reply.deleted, &[]).await;
+                let deleted: Vec<&str> = reply.deleted.iter().map(String::as_str).collect();
+                let _ = shared.stream.ack(&deleted, &[]).await;
             }
             if !reply.entries.is_empty() {
                 Stats::add(&shared.stats.claimed, reply.entries.len() as u64);

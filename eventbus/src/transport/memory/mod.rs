@@ -57,6 +57,8 @@ pub(crate) struct Memory {
     /// Set when the process using this handle "crashed" ([`kill`](Self::kill)): the seam then
     /// refuses its commands, as a dead process's connection sends nothing more.
     dead: Arc<std::sync::atomic::AtomicBool>,
+    /// How many of this session's next acks fail (fault injection for one consumer).
+    failing_acks: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Everything the store holds.
@@ -97,6 +99,7 @@ impl Memory {
             state: self.state.clone(),
             stats: Arc::default(),
             dead: Arc::default(),
+            failing_acks: Arc::default(),
         }
     }
 
@@ -104,6 +107,29 @@ impl Memory {
     /// when a process dies with its connection. Other sessions are untouched.
     pub(crate) fn kill(&self) {
         self.dead.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Makes this session's next `n` acks fail (kind `Connection`), as when this consumer's
+    /// connection drops: other sessions' acks are untouched.
+    pub(crate) fn fail_session_acks(&self, n: usize) {
+        self.failing_acks
+            .store(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `Err` when this session's next ack is to fail ([`fail_session_acks`](Self::fail_session_acks)).
+    pub(crate) fn session_ack_fault(&self) -> Result<(), crate::error::TransportError> {
+        let take = self.failing_acks.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |n| n.checked_sub(1),
+        );
+        match take {
+            Ok(_) => Err(crate::error::TransportError::new(
+                crate::error::TransportErrorKind::Connection,
+                "injected ack failure",
+            )),
+            Err(_) => Ok(()),
+        }
     }
 
     /// `Err` once this handle was [killed](Self::kill).

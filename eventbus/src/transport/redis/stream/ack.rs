@@ -9,7 +9,7 @@ use crate::transport::stream::{Stream, TResult};
 /// `XACK` of `ids`, with `HDEL` of the charged attempts of `marked` in the same round trip.
 /// Each reply on its own: a failing HDEL (an ACL edit, a wrong key type) must not make an ack
 /// that landed look failed; it is logged.
-pub(crate) async fn ack(r: &Redis, s: &Stream, ids: &[String], marked: &[String]) -> TResult<()> {
+pub(crate) async fn ack(r: &Redis, s: &Stream, ids: &[&str], marked: &[&str]) -> TResult<()> {
     if ids.is_empty() {
         return Ok(());
     }
