@@ -133,13 +133,13 @@ impl Sender {
                     .await
             }
             #[cfg(feature = "testing")]
-            Sender::Memory(m) => match {
+            Sender::Memory(m) => {
                 m.alive().map_err(SendError::Failed)?;
-                prepare().map_err(SendError::Prepare)?
-            } {
-                Prepared::Memory(command) => command.apply(m).map_err(SendError::Failed),
-                Prepared::Redis(_) => Err(SendError::Prepare(mismatch())),
-            },
+                match prepare().map_err(SendError::Prepare)? {
+                    Prepared::Memory(command) => command.apply(m).map_err(SendError::Failed),
+                    Prepared::Redis(_) => Err(SendError::Prepare(mismatch())),
+                }
+            }
         }
     }
 
