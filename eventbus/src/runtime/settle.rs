@@ -28,10 +28,6 @@ pub(crate) async fn dead_letter(
     );
     let mut delay = Duration::from_millis(100);
     loop {
-        if runner.abort.is_cancelled() {
-            // The drain was abandoned: a durable original stays pending and is claimed later.
-            return;
-        }
         let letter = Letter {
             event_id: failure.event_id.as_ref().map(EventId::as_str).unwrap_or(""),
             event_name: runner.handler.event_name,

@@ -155,13 +155,9 @@ impl Reader {
 
     /// Opens the dedicated connection for blocking reads.
     pub(crate) async fn connect(mut self) -> Result<Reader> {
-        self.reconnect()
-            .await
-            .map_err(|source| crate::error::Error::Unreachable {
-                url: crate::config::redact(&self.shared.config.redis_url),
-                hint: "start redis-server there or set REDIS_URL",
-                source,
-            })?;
+        self.reconnect().await.map_err(|source| {
+            crate::error::Error::unreachable(&self.shared.config.redis_url, source)
+        })?;
         Ok(self)
     }
 

@@ -11,7 +11,12 @@ use crate::error::{Error, TransportError, TransportErrorKind};
 /// `CLUSTERDOWN`). Classified by kind and code. `MOVED`/`ASK` are not: against a non-cluster
 /// client the same command would be redirected again, forever.
 pub(crate) fn is_transient(e: &RedisError) -> bool {
-    is_connection_level(e) || is_unavailable(e)
+    matches!(
+        kind_of(e),
+        TransportErrorKind::Connection
+            | TransportErrorKind::Timeout
+            | TransportErrorKind::Unavailable
+    )
 }
 
 /// A connection-level failure: the command may not have reached Redis or its reply was lost
@@ -124,21 +129,7 @@ pub(crate) fn to_error(op: &'static str) -> impl FnOnce(RedisError) -> Error {
 
 /// A start-up connection failure, with a hint that fits its cause.
 pub(crate) fn unreachable(url: &str, e: RedisError) -> Error {
-    let source = classify(e);
-    let hint = match source.kind() {
-        TransportErrorKind::Tls => {
-            "the TLS handshake failed: check the CA file (EVENTBUS_TLS_CA_FILE) and, for mutual TLS, the client certificate (EVENTBUS_TLS_CERT_FILE, EVENTBUS_TLS_KEY_FILE)"
-        }
-        TransportErrorKind::Auth | TransportErrorKind::Permission => {
-            "Redis refused the credentials: check the user and password in REDIS_URL"
-        }
-        _ => "start redis-server there or set REDIS_URL",
-    };
-    Error::Unreachable {
-        url: crate::config::redact(url),
-        hint,
-        source,
-    }
+    Error::unreachable(url, classify(e))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::Redis;
 use super::conn::BLOCK_MARGIN;
-use super::errors::{classify, unreachable};
+use super::errors::classify;
 use crate::error::{Error, TransportError, TransportErrorKind};
 use crate::transport::subscribe::{self, Received};
 
@@ -89,13 +89,7 @@ fn start_error(redis_url: &str, error: TransportError) -> Error {
     if error.kind() == TransportErrorKind::Permission {
         return Error::transport("SUBSCRIBE")(error);
     }
-    let source = std::error::Error::source(&error)
-        .and_then(|source| source.downcast_ref::<RedisError>())
-        .cloned();
-    match source {
-        Some(source) => unreachable(redis_url, source),
-        None => Error::transport("SUBSCRIBE")(error),
-    }
+    Error::unreachable(redis_url, error)
 }
 
 impl Subscription {
