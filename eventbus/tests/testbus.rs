@@ -450,3 +450,42 @@ async fn failed_acks_are_per_consumer() -> eventbus::Result<()> {
     b.shutdown().await?;
     a.shutdown().await
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "tb.metric")]
+struct Metric {
+    n: u64,
+}
+
+#[event_handler(name = "tb.metric", concurrency = 1)]
+async fn metric(_ev: Metric, log: State<Log>) -> anyhow::Result<()> {
+    log.attempt().await
+}
+
+/// `max_len` trims like Redis's `MAXLEN ~` (whole storage nodes: at least `max_len` entries
+/// stay), and every event a lagging handler never read is counted in `trimmed_unread`: each
+/// event is either handled or reported lost.
+#[tokio::test(start_paused = true)]
+async fn trimming_counts_what_a_lagging_handler_never_read() -> eventbus::Result<()> {
+    let log = Log::default();
+    log.slow.store(true, Ordering::SeqCst);
+    let mut b = builder(&["tb.metric"], &log);
+    b.max_len(Some(10)).batch_size(1);
+    let mut bus = b.build_test().await?;
+    bus.start().await?;
+    for n in 0..250 {
+        bus.publish(&Metric { n }).await?;
+    }
+    log.slow.store(false, Ordering::SeqCst);
+    bus.run_until_idle().await?;
+    let handled = bus.handled("tb.metric").len() as u64;
+    let reader = &bus.health().readers[0];
+    assert!(reader.trimmed_unread > 0, "{reader:?}");
+    assert!(handled >= 10, "at least max_len entries stay: {handled}");
+    assert_eq!(
+        handled + reader.trimmed_unread + reader.lost_entries,
+        250,
+        "each event handled or reported lost: {reader:?}"
+    );
+    bus.shutdown().await
+}

@@ -84,7 +84,11 @@ impl Transport {
         match self {
             Transport::Redis(redis) => redis.dead_letter(key, id).await,
             #[cfg(feature = "testing")]
-            Transport::Memory(m) => Ok(m.xrange_one(key, id)),
+            Transport::Memory(m) => {
+                super::memory::Memory::check_id(id)
+                    .map_err(crate::error::Error::transport("XRANGE"))?;
+                Ok(m.xrange_one(key, id))
+            }
         }
     }
 
@@ -126,7 +130,7 @@ impl Transport {
         match self {
             Transport::Redis(redis) => redis.replay_broadcast(key, id, channel, payload).await,
             #[cfg(feature = "testing")]
-            Transport::Memory(m) => Ok(m.replay_broadcast(key, id, channel, payload)),
+            Transport::Memory(m) => m.replay_broadcast(key, id, channel, payload),
         }
     }
 
@@ -135,7 +139,11 @@ impl Transport {
         match self {
             Transport::Redis(redis) => redis.remove_dead_letter(key, id).await,
             #[cfg(feature = "testing")]
-            Transport::Memory(m) => Ok(m.xdel(key, id) > 0),
+            Transport::Memory(m) => {
+                super::memory::Memory::check_id(id)
+                    .map_err(crate::error::Error::transport("XDEL"))?;
+                Ok(m.xdel(key, id) > 0)
+            }
         }
     }
 

@@ -303,13 +303,41 @@ impl Stream {
                 )
                 .await;
             }
-            // The in-memory store trims exactly on publish (`max_len`); not checked yet.
             #[cfg(feature = "testing")]
-            Transport::Memory(_) => {
-                let _ = (watch, stats);
+            Transport::Memory(m) => {
+                let total = m.removed_unread(&self.keys.stream, self.group);
+                if total > watch.memory_seen {
+                    let lost = total - watch.memory_seen;
+                    watch.memory_seen = total;
+                    Stats::add(&stats.trimmed_unread, lost);
+                    tracing::warn!(
+                        handler = self.group,
+                        stream = %self.keys.stream,
+                        lost,
+                        "entries were trimmed from the stream before this handler read them; they are lost"
+                    );
+                }
             }
         }
     }
 }
 
-pub(crate) use crate::transport::redis::stream::checks::TrimWatch;
+/// What the trim check has already reported for one group, so each loss is reported once.
+#[derive(Debug, Default)]
+pub(crate) struct TrimWatch {
+    /// Entries are numbered by the stream's `entries-added` counter (1 for the first entry ever
+    /// added): every entry up to this number that the group never read has been reported.
+    pub(crate) reported_upto: u64,
+    /// The stream's `entries-added` at the last check: a smaller value means the stream was
+    /// deleted and created again, and its numbering started over.
+    pub(crate) entries_added: u64,
+    /// Whether the last check failed, so a failing check is logged once, not every cycle.
+    pub(crate) failing: bool,
+    /// While checks fail (a denied `XINFO`, a missing stream), this many cycles are skipped
+    /// before the next try; doubles per failure up to [`MAX_SKIP`].
+    pub(crate) skip: u32,
+    pub(crate) backoff: u32,
+    /// In memory: the group's count of entries removed unread, as last reported.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) memory_seen: u64,
+}

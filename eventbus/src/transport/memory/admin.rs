@@ -28,6 +28,7 @@ impl Memory {
         handler: &str,
         envelope: &str,
     ) -> Result<Replay> {
+        Memory::check_id(id).map_err(Error::transport("XRANGE"))?;
         if self.xrange_one(key, id).is_none() {
             return Ok(Replay::NoLetter);
         }
@@ -50,23 +51,22 @@ impl Memory {
         }
     }
 
-    /// The broadcast replay: publishes the payload when the letter is there, and deletes the
-    /// letter when someone received it.
+    /// The broadcast replay, in one step: publishes the payload when the letter is there, and
+    /// deletes the letter when someone received it.
     pub(crate) fn replay_broadcast(
         &self,
         key: &str,
         id: &str,
         channel: &str,
         payload: &str,
-    ) -> Republish {
-        if self.xrange_one(key, id).is_none() {
-            return Republish::NoLetter;
+    ) -> Result<Republish> {
+        match self
+            .replay_broadcast_letter(key, id, channel, Arc::from(payload.as_bytes()))
+            .map_err(Error::transport("replay"))?
+        {
+            None => Ok(Republish::NoLetter),
+            Some(received) => Ok(Republish::Received(received as u64)),
         }
-        let received = self.publish(channel, Arc::from(payload.as_bytes()));
-        if received > 0 {
-            self.xdel(key, id);
-        }
-        Republish::Received(received as u64)
     }
 
     /// Deletes the whole dead-letter store `key`; returns how many letters it held.

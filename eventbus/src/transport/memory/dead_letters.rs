@@ -118,6 +118,37 @@ impl Memory {
         }
         Ok(Some(id.to_string()))
     }
+
+    /// The broadcast replay in one step (as `REPLAY_BROADCAST_LUA`): if `letter_id` is in `dlq`,
+    /// publishes `payload` on `channel` and, when some subscription received it, deletes the
+    /// letter. `None` when there was no such letter; else how many received it.
+    ///
+    /// # Errors
+    ///
+    /// `WRONGTYPE` when `dlq` is not a stream, `ERR` for a letter id that does not parse.
+    pub(crate) fn replay_broadcast_letter(
+        &self,
+        dlq: &str,
+        letter_id: &str,
+        channel: &str,
+        payload: std::sync::Arc<[u8]>,
+    ) -> Result<Option<usize>, TransportError> {
+        let letter = Id::parse(letter_id)?;
+        let mut state = self.lock();
+        let present = state
+            .stream(dlq)?
+            .is_some_and(|s| s.entries.contains_key(&letter));
+        if !present {
+            return Ok(None);
+        }
+        let received = state.publish(channel, payload);
+        if received > 0
+            && let Ok(Some(s)) = state.stream_mut(dlq)
+        {
+            s.entries.remove(&letter);
+        }
+        Ok(Some(received))
+    }
 }
 
 #[cfg(test)]

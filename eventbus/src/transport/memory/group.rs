@@ -63,6 +63,19 @@ pub(super) struct Group {
     pel: BTreeMap<Id, Nack>,
     /// The consumers by name, each with the ids it owns (the same ids as in `pel`).
     consumers: BTreeMap<String, BTreeSet<Id>>,
+    /// Entries removed from the stream (trimmed or deleted) before this group read them.
+    pub(super) removed_unread: u64,
+}
+
+impl Group {
+    /// Counts `removed` (ids just removed from the stream) that this group never read.
+    pub(super) fn count_removed(&mut self, removed: &[Id]) {
+        let unread = removed
+            .iter()
+            .filter(|id| **id > self.last_delivered)
+            .count();
+        self.removed_unread += unread as u64;
+    }
 }
 
 /// One pending entry: delivered to a consumer, not acked yet.
@@ -644,6 +657,16 @@ impl Memory {
     }
 
     /// The names of the groups of `stream`, sorted; empty when it is not a stream.
+    /// How many entries were trimmed or deleted from `stream` before `group` read them, in all
+    /// (0 for a missing group).
+    pub(crate) fn removed_unread(&self, stream: &str, group: &str) -> u64 {
+        let state = self.lock();
+        match state.stream(stream) {
+            Ok(Some(s)) => s.groups.get(group).map_or(0, |g| g.removed_unread),
+            _ => 0,
+        }
+    }
+
     pub(crate) fn groups(&self, stream: &str) -> Vec<String> {
         match self.lock().stream(stream) {
             Ok(Some(s)) => s.groups.keys().cloned().collect(),

@@ -62,14 +62,11 @@ impl Subscription {
     }
 }
 
-impl Memory {
-    /// `PUBLISH <channel> <payload>`: delivers to every current subscription of `channel`;
-    /// returns how many got it (0: the message is lost).
-    pub(crate) fn publish(&self, channel: &str, payload: Arc<[u8]>) -> usize {
-        let mut state = self.lock();
-        state.subscribers.retain(|s| !s.tx.is_closed());
-        state
-            .subscribers
+impl super::State {
+    /// `PUBLISH` under the store's lock (so a script-like step can publish atomically).
+    pub(super) fn publish(&mut self, channel: &str, payload: Arc<[u8]>) -> usize {
+        self.subscribers.retain(|s| !s.tx.is_closed());
+        self.subscribers
             .iter()
             .filter(|s| s.channels.contains(channel))
             .filter(|s| {
@@ -83,6 +80,14 @@ impl Memory {
                 sent
             })
             .count()
+    }
+}
+
+impl Memory {
+    /// `PUBLISH <channel> <payload>`: delivers to every current subscription of `channel`;
+    /// returns how many got it (0: the message is lost).
+    pub(crate) fn publish(&self, channel: &str, payload: Arc<[u8]>) -> usize {
+        self.lock().publish(channel, payload)
     }
 
     /// `SUBSCRIBE <channels...>`: a subscription that receives every message published to

@@ -142,6 +142,11 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Redis's `stream-node-max-entries` default.
+const NODE_MAX_ENTRIES: usize = 100;
+/// Redis's `stream-node-max-bytes` default (counted here over field names and values).
+const NODE_MAX_BYTES: usize = 4096;
+
 /// One stream: its entries, the last id it handed out, and its consumer groups.
 #[derive(Debug, Default)]
 pub(super) struct Stream {
@@ -149,6 +154,11 @@ pub(super) struct Stream {
     pub(super) entries: BTreeMap<Id, Fields>,
     /// The largest id ever added; kept when that entry is deleted or trimmed, so ids only grow.
     pub(super) last_id: Id,
+    /// The first id of each storage node, oldest first, with the node's entry count and bytes
+    /// when it was filled: Redis keeps a stream in nodes of at most `stream-node-max-entries`
+    /// (100) entries or `stream-node-max-bytes` (4096) bytes, and `MAXLEN ~` trims whole nodes
+    /// only.
+    pub(super) nodes: std::collections::VecDeque<(Id, usize, usize)>,
     /// The consumer groups, by name.
     pub(super) groups: BTreeMap<String, Group>,
 }
@@ -157,22 +167,76 @@ impl Stream {
     /// Appends an entry with the next id, then trims to `max_len` entries.
     fn append(&mut self, fields: Fields, max_len: Option<usize>) -> Result<Id, TransportError> {
         let id = Id::next_after(self.last_id, now_ms())?;
+        let bytes: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        match self.nodes.back_mut() {
+            Some((_, count, size))
+                if *count < NODE_MAX_ENTRIES && *size + bytes <= NODE_MAX_BYTES =>
+            {
+                *count += 1;
+                *size += bytes;
+            }
+            _ => self.nodes.push_back((id, 1, bytes)),
+        }
         self.entries.insert(id, fields);
         self.last_id = id;
         if let Some(max_len) = max_len {
-            self.trim(max_len);
+            self.trim_nodes(max_len);
         }
         Ok(id)
+    }
+
+    /// `MAXLEN ~ max_len`: removes whole nodes from the front while the stream keeps at least
+    /// `max_len` entries without them, as Redis does (so it may keep more than `max_len`).
+    fn trim_nodes(&mut self, max_len: usize) {
+        while self.nodes.len() > 1 {
+            let Some(&(_, _, _)) = self.nodes.front() else {
+                break;
+            };
+            let next_start = match self.nodes.get(1) {
+                Some(&(next, _, _)) => next,
+                None => break,
+            };
+            let in_node = self.entries.range(..next_start).count();
+            if self.entries.len() - in_node < max_len {
+                break;
+            }
+            let mut removed = Vec::new();
+            while self
+                .entries
+                .first_key_value()
+                .is_some_and(|(id, _)| *id < next_start)
+            {
+                if let Some((id, _)) = self.entries.pop_first() {
+                    removed.push(id);
+                }
+            }
+            self.nodes.pop_front();
+            self.count_removed(&removed);
+        }
     }
 
     /// Removes the oldest entries until at most `max_len` are left; returns how many went.
     /// Pending lists keep the ids (as in Redis).
     pub(super) fn trim(&mut self, max_len: usize) -> usize {
-        let mut removed = 0;
-        while self.entries.len() > max_len && self.entries.pop_first().is_some() {
-            removed += 1;
+        let mut removed = Vec::new();
+        while self.entries.len() > max_len {
+            match self.entries.pop_first() {
+                Some((id, _)) => removed.push(id),
+                None => break,
+            }
         }
-        removed
+        self.count_removed(&removed);
+        removed.len()
+    }
+
+    /// Counts, per group, which of `removed` it never read.
+    pub(super) fn count_removed(&mut self, removed: &[Id]) {
+        if removed.is_empty() {
+            return;
+        }
+        for group in self.groups.values_mut() {
+            group.count_removed(removed);
+        }
     }
 
     /// The entry `id` as the reader takes it, if it is still in the stream.
@@ -203,9 +267,9 @@ impl State {
 }
 
 impl Memory {
-    /// `XADD <stream> [MAXLEN <max_len>] * <fields>`: appends an entry (creating the stream),
-    /// trims the oldest entries down to `max_len` (exactly, where Redis's `~` may keep a few
-    /// more), and wakes readers blocked on the stream. Returns the new id, `<ms>-<seq>`, larger
+    /// `XADD <stream> [MAXLEN ~ <max_len>] * <fields>`: appends an entry (creating the stream),
+    /// trims whole storage nodes of the oldest entries while at least `max_len` stay (as
+    /// Redis's `~`: it may keep more), and wakes readers blocked on the stream. Returns the new id, `<ms>-<seq>`, larger
     /// than every id the stream ever had (a stream deleted with [`del`](Self::del) starts
     /// over, as in Redis). `WRONGTYPE` when the key is not a stream; an `ERR` when `fields` is
     /// empty (Redis needs at least one pair).
@@ -235,6 +299,11 @@ impl Memory {
             .collect()
     }
 
+    /// `ERR Invalid stream ID` when `id` is not one.
+    pub(crate) fn check_id(id: &str) -> Result<(), TransportError> {
+        Id::parse(id).map(drop)
+    }
+
     /// `XRANGE <stream> <id> <id>`: the entry `id`, if it is in the stream.
     pub(crate) fn xrange_one(&self, stream: &str, id: &str) -> Option<Entry> {
         let id = Id::parse(id).ok()?;
@@ -250,7 +319,13 @@ impl Memory {
         };
         let mut state = self.lock();
         match state.stream_mut(stream) {
-            Ok(Some(s)) => usize::from(s.entries.remove(&id).is_some()),
+            Ok(Some(s)) => {
+                let removed = s.entries.remove(&id).is_some();
+                if removed {
+                    s.count_removed(&[id]);
+                }
+                usize::from(removed)
+            }
             _ => 0,
         }
     }
@@ -347,18 +422,35 @@ mod tests {
         assert_eq!(two[0].field("envelope"), Some(&b"a"[..]));
         assert_eq!(two[1].id, ids[1]);
 
-        // MAXLEN on append keeps the newest.
+        // MAXLEN ~ on append trims whole nodes only: all five share the first node.
         let e = m.xadd("s", fields("e"), Some(3))?;
-        let left: Vec<String> = m.xrange("s", 10).into_iter().map(|e| e.id).collect();
-        assert_eq!(left, vec![ids[2].clone(), ids[3].clone(), e.clone()]);
+        assert_eq!(m.xrange("s", 10).len(), 5);
 
-        assert_eq!(m.xtrim("s", 1), 2);
+        assert_eq!(m.xtrim("s", 1), 4);
         assert_eq!(m.xtrim("s", 1), 0);
         assert_eq!(m.xrange("s", 10).len(), 1);
         assert_eq!(m.xrange_one("s", &e).map(|e| e.fields), Some(fields("e")));
         assert_eq!(m.xrange_one("s", &ids[0]), None);
         assert_eq!(m.xrange_one("s", "not an id"), None);
         assert!(m.xrange("missing", 10).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn approximate_trims_remove_whole_nodes_of_100_entries_or_4096_bytes()
+    -> Result<(), TransportError> {
+        let m = Memory::new();
+        for _ in 0..250 {
+            m.xadd("small", fields("x"), Some(10))?;
+        }
+        // Nodes of 100, 100, 50: the first two go, the last stays whole.
+        assert_eq!(m.xrange("small", usize::MAX).len(), 50);
+        let big = vec![(b"envelope".to_vec(), vec![b'x'; 1000])];
+        for _ in 0..20 {
+            m.xadd("big", big.clone(), Some(10))?;
+        }
+        // Four 1008-byte entries fill a node: nodes of 4 go while at least 10 stay.
+        assert_eq!(m.xrange("big", usize::MAX).len(), 12);
         Ok(())
     }
 

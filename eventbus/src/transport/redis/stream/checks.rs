@@ -8,23 +8,7 @@ use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
 
 use crate::telemetry::Stats;
-
-/// What [`unread_trimmed`] has already reported for one group, so each loss is reported once.
-#[derive(Debug, Default)]
-pub(crate) struct TrimWatch {
-    /// Entries are numbered by the stream's `entries-added` counter (1 for the first entry ever
-    /// added): every entry up to this number that the group never read has been reported.
-    reported_upto: u64,
-    /// The stream's `entries-added` at the last check: a smaller value means the stream was
-    /// deleted and created again, and its numbering started over.
-    entries_added: u64,
-    /// Whether the last check failed, so a failing check is logged once, not every cycle.
-    failing: bool,
-    /// While checks fail (a denied `XINFO`, a missing stream), this many cycles are skipped
-    /// before the next try; doubles per failure up to [`MAX_SKIP`].
-    skip: u32,
-    backoff: u32,
-}
+use crate::transport::stream::TrimWatch;
 
 /// The most claim cycles skipped between two failing trim checks.
 const MAX_SKIP: u32 = 32;
