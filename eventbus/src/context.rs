@@ -31,13 +31,13 @@ use crate::state::States;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Context {
-    delivery: Arc<Delivery>,
+    delivery: Arc<Inbound>,
     attempt: u32,
 }
 
 /// The parts of a context shared by all attempts of one delivery.
 #[derive(Debug)]
-pub(crate) struct Delivery {
+pub(crate) struct Inbound {
     pub(crate) event_id: EventId,
     pub(crate) event_name: &'static str,
     pub(crate) correlation_id: Option<EventId>,
@@ -48,7 +48,7 @@ pub(crate) struct Delivery {
 }
 
 impl Context {
-    pub(crate) fn new(delivery: Arc<Delivery>, attempt: u32) -> Self {
+    pub(crate) fn new(delivery: Arc<Inbound>, attempt: u32) -> Self {
         Self { delivery, attempt }
     }
 

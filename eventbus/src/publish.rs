@@ -92,7 +92,7 @@ impl Publisher {
         let time = SystemTime::now();
         for event in events {
             let id = EventId::at(time);
-            batch.push(self.prepare(&key, &head, &id, time, event)?);
+            batch.push(self.prepare(&key, &head, &id, time, event)?)?;
             ids.push(id);
         }
         if ids.is_empty() {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::context::{Context, Delivery};
+use crate::context::{Context, Inbound};
 use crate::envelope::{self, EventId};
 use crate::error::TransportError;
 use crate::handler::HandlerRegistration;
@@ -218,7 +218,7 @@ impl Runner {
                 envelope: text.to_owned(),
             });
         }
-        let delivery = Arc::new(Delivery {
+        let delivery = Arc::new(Inbound {
             event_id: env.id.clone(),
             event_name: handler.event_name,
             correlation_id: env.correlation_id.clone(),

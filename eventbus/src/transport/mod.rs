@@ -17,7 +17,6 @@ pub(crate) mod stream;
 pub(crate) mod subscribe;
 
 pub(crate) use self::keys::*;
-pub(crate) use self::redis::conn::*;
 
 use crate::event::Delivery;
 

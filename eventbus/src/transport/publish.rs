@@ -31,14 +31,23 @@ pub(crate) enum Batch {
 
 impl Batch {
     /// Adds one prepared command (moved in, not copied).
-    pub(crate) fn push(&mut self, prepared: Prepared) {
+    ///
+    /// # Errors
+    ///
+    /// A command prepared by another backend's sender (cannot happen: a bus has one sender).
+    pub(crate) fn push(&mut self, prepared: Prepared) -> Result<(), Error> {
         match (self, prepared) {
-            (Batch::Redis(batch), Prepared::Redis(command)) => batch.push(command),
+            (Batch::Redis(batch), Prepared::Redis(command)) => {
+                batch.push(command);
+                Ok(())
+            }
             #[cfg(feature = "testing")]
-            (Batch::Memory(batch), Prepared::Memory(command)) => batch.push(command),
-            // A sender only prepares commands of its own backend.
+            (Batch::Memory(batch), Prepared::Memory(command)) => {
+                batch.push(command);
+                Ok(())
+            }
             #[cfg(feature = "testing")]
-            _ => {}
+            _ => Err(mismatch()),
         }
     }
 }
@@ -170,10 +179,11 @@ impl Sender {
 
     /// The operation that publishes with `delivery`, as errors name it (`XADD`, `PUBLISH`).
     pub(crate) fn op(&self, delivery: Delivery) -> &'static str {
-        match self {
-            Sender::Redis(_) => super::redis::publish::op(delivery),
-            #[cfg(feature = "testing")]
-            Sender::Memory(_) => super::redis::publish::op(delivery),
+        let _ = self;
+        // The Streams-semantics names every backend speaks (the in-memory one included).
+        match delivery {
+            Delivery::Durable => "XADD",
+            Delivery::Broadcast => "PUBLISH",
         }
     }
 

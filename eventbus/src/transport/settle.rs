@@ -15,9 +15,6 @@ pub(crate) enum Written {
 
 /// The fields of one dead letter, in wire order (docs/WIRE.md): `event_id event_name handler
 /// error attempts failed_at stream_id delivery envelope`.
-// Not named by any writer yet (seam step 1 added it ahead of its users); without this the
-// `-D warnings` clippy gate fails on it.
-#[allow(dead_code)]
 pub(crate) type LetterFields<'a> = [(&'static str, &'a str); 9];
 
 /// One dead letter's contents, before the backend adds where it came from.

@@ -322,6 +322,7 @@ impl Memory {
 
     /// `XGROUP DESTROY <stream> <group>`: removes the group with its pending list; readers
     /// blocked on it fail with `NOGROUP`. Returns whether the group existed.
+    #[cfg(test)]
     pub(crate) fn group_destroy(&self, stream: &str, group: &str) -> bool {
         let mut state = self.lock();
         let removed = match state.stream_mut(stream) {
@@ -612,6 +613,7 @@ impl Memory {
 
     /// Makes the next `n` [`ack`](Self::ack) calls fail with kind `Connection`, acking nothing
     /// (fault injection). Replaces any count still left.
+    #[cfg(test)]
     pub(crate) fn fail_next_acks(&self, n: usize) {
         self.lock().failing_acks = n;
     }

@@ -86,6 +86,7 @@ impl Memory {
     }
 
     /// `HLEN <key>`: the number of fields; 0 when the key is missing or not a hash.
+    #[cfg(test)]
     pub(crate) fn hlen(&self, key: &str) -> usize {
         match self.lock().hash(key) {
             Ok(Some(h)) => h.fields.len(),

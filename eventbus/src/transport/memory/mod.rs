@@ -16,9 +16,6 @@
 //! Where a command's behaviour depends on the Redis version, this follows Redis 7.0 (the version
 //! the project's notes were probed on): `XAUTOCLAIM` reports deleted ids, `XCLAIM` drops them.
 
-// The runtime does not call every command yet; tests and fault injection do.
-#![allow(dead_code)]
-
 mod admin;
 mod dead_letters;
 mod group;
@@ -35,12 +32,8 @@ use tokio::sync::Notify;
 
 use crate::error::{TransportError, TransportErrorKind};
 
-// Named by the runtime's backend as it moves onto this store; until then only tests use them.
-#[allow(unused_imports)]
 pub(crate) use self::dead_letters::DurableRef;
-#[allow(unused_imports)]
-pub(crate) use self::group::{GroupInfo, PendingEntry, ReadFrom};
-#[allow(unused_imports)]
+pub(crate) use self::group::ReadFrom;
 pub(crate) use self::pubsub::Subscription;
 
 use self::hash::Hash;

@@ -217,6 +217,7 @@ impl Stream {
 
     /// Removes the oldest entries until at most `max_len` are left; returns how many went.
     /// Pending lists keep the ids (as in Redis).
+    #[cfg(test)]
     pub(super) fn trim(&mut self, max_len: usize) -> usize {
         let mut removed = Vec::new();
         while self.entries.len() > max_len {
@@ -333,6 +334,7 @@ impl Memory {
     /// `XTRIM <stream> MAXLEN <max_len>` (exact): removes the oldest entries until at most
     /// `max_len` are left; returns how many were removed. For fault injection in tests: entries
     /// trimmed while pending stay in the pending lists.
+    #[cfg(test)]
     pub(crate) fn xtrim(&self, stream: &str, max_len: usize) -> usize {
         let mut state = self.lock();
         match state.stream_mut(stream) {

@@ -1,7 +1,7 @@
 //! Auto-pipelining for single publishes: concurrent `publish` calls on one bus are sent together
 //! as one pipeline, like a hand-written pipeline would, while a lone publish goes out at once.
 
-use crate::transport::SharedConn;
+use super::conn::SharedConn;
 use redis::{Cmd, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 

@@ -53,14 +53,6 @@ pub(crate) fn prepare(
     cmd
 }
 
-/// The command that publishes with `delivery`, as errors name it.
-pub(crate) fn op(delivery: Delivery) -> &'static str {
-    match delivery {
-        Delivery::Durable => "XADD",
-        Delivery::Broadcast => "PUBLISH",
-    }
-}
-
 /// Commands sent as one pipeline.
 pub(crate) struct Batch(Pipeline);
 
@@ -261,10 +253,6 @@ mod tests {
         assert_eq!(
             args(&prepare(Delivery::Broadcast, "ns:e", Some(100), json)),
             ["PUBLISH", "ns:e", r#"{"id":"x"}"#]
-        );
-        assert_eq!(
-            (op(Delivery::Durable), op(Delivery::Broadcast)),
-            ("XADD", "PUBLISH")
         );
     }
 }
