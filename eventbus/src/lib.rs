@@ -29,6 +29,8 @@
 //! See the README for semantics, configuration and operations, and `docs/WIRE.md` for the wire
 //! format.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 extern crate self as eventbus;
 
 // The layers (ARCHITECTURE.md; `tests/layers.rs` enforces them): a module imports only from
