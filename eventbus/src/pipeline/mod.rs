@@ -391,3 +391,201 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         "(non-string panic payload)".to_owned()
     }
 }
+
+/// The pipeline on its own, without Redis: outcomes of a run from the envelope's bytes, with
+/// the in-memory transport only behind the publisher a handler's context holds.
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Serialize};
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::handler::{CallResult, HandlerOptions};
+    use crate::transport::Transport;
+    use crate::transport::memory::Memory;
+
+    #[derive(Serialize, Deserialize)]
+    struct Job {
+        fail: bool,
+        panic: bool,
+    }
+    impl crate::DomainEvent for Job {
+        const NAME: &'static str = "pipeline.job";
+        const VERSION: u32 = 1;
+    }
+
+    /// Another producer's idea of the same event: data the handler's type cannot decode.
+    #[derive(Serialize, Deserialize)]
+    struct NotAJob {
+        fail: String,
+    }
+    impl crate::DomainEvent for NotAJob {
+        const NAME: &'static str = "pipeline.job";
+        const VERSION: u32 = 1;
+    }
+
+    fn call(raw: &RawValue, _ctx: Context) -> CallResult {
+        let job: Job = serde_json::from_str(raw.get())?;
+        Ok(Box::pin(async move {
+            assert!(!job.panic, "the handler panicked on purpose");
+            if job.fail {
+                Err("the downstream service said no".to_owned())
+            } else {
+                Ok(())
+            }
+        }))
+    }
+    fn check(_: &States) -> std::result::Result<(), crate::Error> {
+        Ok(())
+    }
+
+    static JOB: HandlerRegistration = HandlerRegistration::new::<Job>(
+        "pipeline.job",
+        HandlerOptions::new().retries(2).backoff_ms(1000),
+        call,
+        check,
+        "f",
+        1,
+    );
+
+    fn env(max_payload: usize) -> Env {
+        let mut b = crate::Bus::builder();
+        b.max_payload(max_payload);
+        let config = Arc::new(b.config().expect("valid settings"));
+        Env {
+            publisher: Publisher {
+                sender: Transport::Memory(Memory::new()).sender(),
+                namespace: config.namespace.as_str().into(),
+                source: config.service.as_str().into(),
+                max_len: None,
+                max_payload,
+                publish_timeout: Duration::from_secs(1),
+            },
+            config,
+            states: Arc::new(States::default()),
+            handled: None,
+        }
+    }
+
+    fn runner(env: &Env) -> (Runner, CancellationToken, CancellationToken) {
+        let (cancel, abort) = (CancellationToken::new(), CancellationToken::new());
+        (
+            Runner::new(env, &JOB, cancel.clone(), abort.clone()),
+            cancel,
+            abort,
+        )
+    }
+
+    fn envelope(job: &Job) -> Vec<u8> {
+        let head = envelope::Head::new::<Job>("test", &envelope::Meta::default());
+        let time = SystemTime::now();
+        envelope::with_encoded(&head, &EventId::at(time), time, job, <[u8]>::to_vec)
+            .expect("encodes")
+    }
+
+    fn job(fail: bool, panic: bool) -> Vec<u8> {
+        envelope(&Job { fail, panic })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handled_event_is_acked() {
+        let (r, _, _) = runner(&env(1 << 20));
+        assert!(matches!(r.run(&job(false, false)).await, Outcome::Ack));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_retried_with_backoff_then_dead_lettered() {
+        let (r, _, _) = runner(&env(1 << 20));
+        let start = tokio::time::Instant::now();
+        let Outcome::DeadLetter(failure) = r.run(&job(true, false)).await else {
+            panic!("not dead-lettered");
+        };
+        assert_eq!(failure.attempts, 3, "retries = 2");
+        assert!(failure.error.contains("said no"), "{}", failure.error);
+        assert!(failure.event_id.is_some());
+        // Two backoffs, each at least the 1 s floor, on the paused clock.
+        assert!(
+            start.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_is_a_failure() {
+        let (r, _, _) = runner(&env(1 << 20));
+        let Outcome::DeadLetter(failure) = r.run(&job(false, true)).await else {
+            panic!("not dead-lettered");
+        };
+        assert_eq!(failure.attempts, 3);
+        assert!(failure.error.contains("panicked"), "{}", failure.error);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn malformed_input_is_dead_lettered_without_an_attempt() {
+        let (r, _, _) = runner(&env(1 << 20));
+        for raw in [
+            &b"not json"[..],
+            &[0xff, 0xfe][..],
+            br#"{"specversion":"1.0"}"#,
+        ] {
+            let Outcome::DeadLetter(failure) = r.run(raw).await else {
+                panic!("not dead-lettered: {raw:?}");
+            };
+            assert_eq!(failure.attempts, 0, "{}", failure.error);
+        }
+        // Data that does not decode as the handler's type: no attempt either.
+        let head = envelope::Head::new::<Job>("test", &envelope::Meta::default());
+        let time = SystemTime::now();
+        let other = NotAJob {
+            fail: "yes".to_owned(),
+        };
+        let wrong = envelope::with_encoded(&head, &EventId::at(time), time, &other, <[u8]>::to_vec)
+            .expect("encodes");
+        let Outcome::DeadLetter(failure) = r.run(&wrong).await else {
+            panic!("not dead-lettered");
+        };
+        assert_eq!(failure.attempts, 0, "{}", failure.error);
+        assert!(failure.error.contains("decode"), "{}", failure.error);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_envelope_over_max_payload_is_dead_lettered_unread() {
+        let (r, _, _) = runner(&env(1024));
+        let Outcome::DeadLetter(failure) = r.run(&[b' '; 2000]).await else {
+            panic!("not dead-lettered");
+        };
+        assert_eq!(failure.attempts, 0);
+        assert!(failure.error.contains("1024"), "{}", failure.error);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_charged_to_its_limit_is_dead_lettered_without_running() {
+        let (r, _, _) = runner(&env(1 << 20));
+        let mut charges = Charges {
+            before: 3,
+            ..Charges::default()
+        };
+        let Outcome::DeadLetter(failure) = r.run_charged(&job(false, false), &mut charges).await
+        else {
+            panic!("not dead-lettered");
+        };
+        assert_eq!(failure.attempts, 3);
+        assert!(failure.error.contains("crashed"), "{}", failure.error);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_before_a_retry_releases_and_an_abandoned_drain_abandons() {
+        let (r, cancel, _) = runner(&env(1 << 20));
+        cancel.cancel();
+        assert!(matches!(r.run(&job(true, false)).await, Outcome::Released));
+        let (r, _, abort) = runner(&env(1 << 20));
+        abort.cancel();
+        assert!(matches!(
+            r.run(&job(false, false)).await,
+            Outcome::Abandoned
+        ));
+    }
+}
