@@ -200,9 +200,10 @@ impl Error {
         }
     }
 
-    /// The transport at `url` could not be reached: [`Error::Unreachable`] with a hint that
-    /// fits the failure's kind (TLS, credentials, or nothing listening).
-    pub(crate) fn unreachable(url: &str, source: TransportError) -> Error {
+    /// The transport at `url` (passwords already redacted) could not be reached:
+    /// [`Error::Unreachable`] with a hint that fits the failure's kind (TLS, credentials, or
+    /// nothing listening).
+    pub(crate) fn unreachable(url: String, source: TransportError) -> Error {
         let hint = match source.kind() {
             TransportErrorKind::Tls => {
                 "the TLS handshake failed: check the CA file (EVENTBUS_TLS_CA_FILE) and, for mutual TLS, the client certificate (EVENTBUS_TLS_CERT_FILE, EVENTBUS_TLS_KEY_FILE)"
@@ -212,11 +213,7 @@ impl Error {
             }
             _ => "start redis-server there or set REDIS_URL",
         };
-        Error::Unreachable {
-            url: crate::config::redact(url),
-            hint,
-            source,
-        }
+        Error::Unreachable { url, hint, source }
     }
 
     pub(crate) fn config(

@@ -451,7 +451,7 @@ mod tests {
     );
 
     fn env(max_payload: usize) -> Env {
-        let mut b = crate::Bus::builder();
+        let mut b = crate::config::BusBuilder::default();
         b.max_payload(max_payload);
         let config = Arc::new(b.config().expect("valid settings"));
         Env {

@@ -156,7 +156,10 @@ impl Reader {
     /// Opens the dedicated connection for blocking reads.
     pub(crate) async fn connect(mut self) -> Result<Reader> {
         self.reconnect().await.map_err(|source| {
-            crate::error::Error::unreachable(&self.shared.config.redis_url, source)
+            crate::error::Error::unreachable(
+                crate::config::redact(&self.shared.config.redis_url),
+                source,
+            )
         })?;
         Ok(self)
     }

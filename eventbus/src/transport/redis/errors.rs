@@ -129,7 +129,7 @@ pub(crate) fn to_error(op: &'static str) -> impl FnOnce(RedisError) -> Error {
 
 /// A start-up connection failure, with a hint that fits its cause.
 pub(crate) fn unreachable(url: &str, e: RedisError) -> Error {
-    Error::unreachable(url, classify(e))
+    Error::unreachable(crate::config::redact(url), classify(e))
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ fn start_error(redis_url: &str, error: TransportError) -> Error {
     if error.kind() == TransportErrorKind::Permission {
         return Error::transport("SUBSCRIBE")(error);
     }
-    Error::unreachable(redis_url, error)
+    Error::unreachable(crate::config::redact(redis_url), error)
 }
 
 impl Subscription {
