@@ -9,11 +9,16 @@
 //! Real time with short settings (visibility timeout 300 ms, claim interval 50 ms, backoff
 //! 10-50 ms, block time 50 ms); every wait has a deadline.
 //!
-//! Known difference (the crash tests fail on memory, often but not always): after
-//! `TestBus::crash()` the crashed consumer still starts queued entries. `RunningBus::crash`
-//! cancels `abort` before `cancel`; the run slots freed by the abandoned runs go to queued
-//! entries that have not seen `cancel` yet. Dropping a `RunningBus` (the Redis side's crash)
-//! cancels `cancel` first, and nothing starts.
+//! Two ways to end a consumer (see `conformance/harness.rs`): `Node::crash` abandons it (memory:
+//! `TestBus::crash`, which cancels before it aborts, so a run slot an abandoned run frees starts
+//! nothing; Redis: the `RunningBus` is dropped, which does the same), and `Node::kill`, for the
+//! crash-accounting tests. A dropped Redis bus still has its connections and takes back the
+//! charge of a suspect attempt it abandons, which a killed process cannot do; `Node::kill` cuts
+//! the consumer's connections first (on Redis through a proxy of its own), as `kill -9` does.
+//!
+//! Poison entries are written raw (`Node::publish_raw`: `TestBus::publish_raw`, or `XADD`);
+//! `both::poison_dead_letters_are_the_same_on_memory_and_redis` runs them on both transports in
+//! one test and compares the dead letters.
 
 #[path = "conformance/harness.rs"]
 mod harness;
@@ -24,11 +29,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use eventbus::prelude::*;
-use eventbus::{Error, Overflow};
+use eventbus::{DeadLetter, Error, Overflow, ReaderHealth};
 use eventbus_tests::wait_until;
 use serde_json::json;
 
-use harness::{DEADLINE, Harness, VISIBILITY};
+use harness::{DEADLINE, Harness, Node, VISIBILITY};
 use model::*;
 
 /// Generates `mod memory { #[tokio::test] async fn <name>() }` and the same `mod redis`, each
@@ -73,7 +78,21 @@ conformance![
     broadcast_disconnect_counts_a_gap_and_resubscribes,
     broadcast_queue_full_drops_the_oldest_by_default,
     broadcast_queue_full_with_drop_newest_keeps_the_first,
+    poison_entries_are_dead_lettered_once_with_the_reason_and_the_next_event_is_handled,
+    crash_every_run_with_retries_0_is_dead_lettered_after_2_runs,
+    crash_every_run_with_default_retries_is_dead_lettered_after_5_runs,
+    a_failure_then_a_crash_before_the_retry_is_charged,
+    broadcast_byte_bound_drops_the_oldest_by_default,
+    broadcast_byte_bound_with_drop_newest_keeps_the_first,
 ];
+
+/// Behaviours that compare the two transports in one test.
+mod both {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poison_dead_letters_are_the_same_on_memory_and_redis() {
+        super::poison_dead_letters_are_the_same_on_memory_and_redis().await;
+    }
+}
 
 /// Waits (under [`DEADLINE`]) until `cond` holds for the log; the panic shows every run.
 async fn wait_log(log: &Log, what: &str, cond: impl Fn(&Log) -> bool) {
@@ -83,6 +102,30 @@ async fn wait_log(log: &Log, what: &str, cond: impl Fn(&Log) -> bool) {
             Instant::now() < deadline,
             "timed out after {DEADLINE:?} waiting for: {what}; runs: {:#?}",
             log.runs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // ok: poll interval under a deadline
+    }
+}
+
+/// Waits (under [`DEADLINE`]) until `cond` holds for the health of `handler`'s reader, and
+/// returns it. A counter moves after what the log or the store shows (`handled` after the
+/// handler returned, `dead_lettered` after the letter was written), so a test that saw those
+/// waits for the counter before it asserts its exact value.
+async fn wait_reader(
+    node: &Node,
+    handler: &str,
+    what: &str,
+    cond: impl Fn(&ReaderHealth) -> bool,
+) -> ReaderHealth {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let reader = node.reader(handler);
+        if cond(&reader) {
+            return reader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for the health of {handler}: {what}; {reader:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await; // ok: poll interval under a deadline
     }
@@ -361,7 +404,10 @@ async fn dead_letter_carries_the_event_the_handler_the_error_and_the_attempts(h:
     let listed = node.bus().dlq().list(10).await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, letter.id, "{}", h.name());
-    let reader = node.reader("conf.doomed");
+    let reader = wait_reader(&node, "conf.doomed", "the letter counted", |r| {
+        r.dead_lettered >= 1
+    })
+    .await;
     assert_eq!(
         (reader.dead_lettered, reader.handled),
         (1, 0),
@@ -511,7 +557,10 @@ async fn newer_schema_version_is_dead_lettered_without_retries(h: Harness) {
         h.name(),
         log.runs()
     );
-    let reader = node.reader("conf.parcels");
+    let reader = wait_reader(&node, "conf.parcels", "the letter counted", |r| {
+        r.dead_lettered >= 1
+    })
+    .await;
     assert_eq!(
         (reader.handled, reader.dead_lettered),
         (2, 1),
@@ -569,6 +618,215 @@ async fn undecodable_data_is_dead_lettered_without_retries(h: Harness) {
     assert_eq!(log.handled("conf.parcels"), [good], "{}", h.name());
     assert_eq!(log.runs().len(), 1, "{}: one run, the good one", h.name());
     node.shutdown().await;
+}
+
+/// The `max_payload` of the poison behaviour (the smallest allowed).
+const POISON_MAX_PAYLOAD: usize = 1024;
+
+/// One raw entry no handler can take: what it is, its fields, and what its dead letter's reason
+/// must say.
+struct Poison {
+    what: &'static str,
+    fields: Vec<(&'static str, Vec<u8>)>,
+    reason: String,
+}
+
+fn poison_entries() -> Vec<Poison> {
+    let oversized = json!({
+        "specversion": "1.0", "id": "too-big", "type": "conf.parcel", "source": "/raw",
+        "schemaversion": 2,
+        "data": {"n": 4, "parcel": "x".repeat(2 * POISON_MAX_PAYLOAD), "grams": 4}
+    })
+    .to_string()
+    .into_bytes();
+    let oversized_reason = format!(
+        "envelope is {} bytes, more than the maximum payload of {POISON_MAX_PAYLOAD}",
+        oversized.len()
+    );
+    vec![
+        Poison {
+            what: "bad JSON in `envelope`",
+            fields: vec![(
+                "envelope",
+                br#"{"specversion":"1.0","id":"bad-json","type":"conf.parcel",}"#.to_vec(),
+            )],
+            reason: "cannot decode envelope: trailing comma at line 1 column 59".to_owned(),
+        },
+        Poison {
+            what: "non-UTF-8 bytes in `envelope`",
+            fields: vec![(
+                "envelope",
+                b"{\"specversion\":\"1.0\",\"id\":\"\xff\xfe\",\"type\":\"conf.parcel\"}".to_vec(),
+            )],
+            reason: "envelope is not valid UTF-8".to_owned(),
+        },
+        Poison {
+            what: "no `envelope` field",
+            fields: vec![
+                ("payload", br#"{"n":3}"#.to_vec()),
+                ("source", b"raw".to_vec()),
+            ],
+            reason: "entry has no `envelope` field (fields: payload, source)".to_owned(),
+        },
+        Poison {
+            what: "an envelope larger than max_payload",
+            fields: vec![("envelope", oversized)],
+            reason: oversized_reason,
+        },
+    ]
+}
+
+/// Writes the poison entries, then publishes a good event; waits until all are settled (and the
+/// bus idle). Returns the consumer, each poison entry with its entry id, the good event's id and
+/// the log.
+async fn poison_scenario(h: &Harness) -> (Node, Vec<(Poison, String)>, EventId, Log) {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.parcels"])
+        .state(log.clone())
+        .retries(3)
+        .max_payload(POISON_MAX_PAYLOAD);
+    let node = h.start(&b).await;
+    let mut entries = Vec::new();
+    for poison in poison_entries() {
+        let fields: Vec<(&str, &[u8])> = poison
+            .fields
+            .iter()
+            .map(|(k, v)| (*k, v.as_slice()))
+            .collect();
+        let id = node.publish_raw("conf.parcel", &fields).await;
+        entries.push((poison, id));
+    }
+    let good = node
+        .publish(&Parcel {
+            n: 5,
+            parcel: "p-5".into(),
+            grams: 5,
+        })
+        .await;
+    node.wait_dead_letters(entries.len()).await;
+    wait_log(&log, "the good event after the poison is handled", |log| {
+        !log.handled("conf.parcels").is_empty()
+    })
+    .await;
+    node.idle().await;
+    (node, entries, good, log)
+}
+
+/// Raw entries no handler can take (bad JSON, non-UTF-8 bytes, no `envelope` field, larger
+/// than `max_payload`): each is dead-lettered once, with 0 attempts and the reason, the handler
+/// never runs for them, and the good event behind them is handled.
+async fn poison_entries_are_dead_lettered_once_with_the_reason_and_the_next_event_is_handled(
+    h: Harness,
+) {
+    let (node, entries, good, log) = poison_scenario(&h).await;
+    let letters = node.dead_letters().await;
+    assert_eq!(
+        letters.len(),
+        entries.len(),
+        "{}: one letter per poison entry: {letters:#?}",
+        h.name()
+    );
+    for (poison, entry) in &entries {
+        let what = poison.what;
+        let of_entry: Vec<&DeadLetter> = letters.iter().filter(|l| &l.stream_id == entry).collect();
+        assert_eq!(
+            of_entry.len(),
+            1,
+            "{}: {what}: dead-lettered once: {letters:#?}",
+            h.name()
+        );
+        let l = of_entry[0];
+        assert_eq!(l.attempts, 0, "{}: {what}: no attempt", h.name());
+        assert!(
+            l.error.contains(&poison.reason),
+            "{}: {what}: expected {:?} in {:?}",
+            h.name(),
+            poison.reason,
+            l.error
+        );
+        assert_eq!(l.event_id, None, "{}: {what}: no id was read", h.name());
+        assert_eq!(l.handler, "conf.parcels", "{}: {what}", h.name());
+        assert_eq!(l.event_name, "conf.parcel", "{}: {what}", h.name());
+    }
+    assert_eq!(
+        log.handled("conf.parcels"),
+        std::slice::from_ref(&good),
+        "{}",
+        h.name()
+    );
+    assert_eq!(
+        log.runs().len(),
+        1,
+        "{}: the handler ran once, for the good event: {:#?}",
+        h.name(),
+        log.runs()
+    );
+    let reader = wait_reader(&node, "conf.parcels", "every letter counted", |r| {
+        r.dead_lettered >= entries.len() as u64
+    })
+    .await;
+    assert_eq!(
+        (reader.dead_lettered, reader.handled, reader.claimed),
+        (entries.len() as u64, 1, 0),
+        "{}: {reader:?}",
+        h.name()
+    );
+    node.shutdown().await;
+}
+
+/// The poison entries on both transports: the dead letters are equal, but for the ids the
+/// transport made (the entry ids in `stream_id`, the letter's `id`) and the time.
+async fn poison_dead_letters_are_the_same_on_memory_and_redis() {
+    /// What of a letter must be equal: the entry's case, then every field but ids and time,
+    /// with the transport's entry ids in the error replaced by `<entry>`.
+    type Seen = (
+        &'static str,
+        Option<EventId>,
+        String,
+        String,
+        String,
+        u32,
+        serde_json::Value,
+    );
+    async fn seen(h: Harness) -> Vec<Seen> {
+        let (node, entries, _, _) = poison_scenario(&h).await;
+        let letters = node.dead_letters().await;
+        let mut seen = Vec::new();
+        for (poison, entry) in &entries {
+            let l = letters
+                .iter()
+                .find(|l| &l.stream_id == entry)
+                .unwrap_or_else(|| panic!("{}: no letter for {}", h.name(), poison.what));
+            let mut error = l.error.clone();
+            for (_, id) in &entries {
+                error = error.replace(id.as_str(), "<entry>");
+            }
+            seen.push((
+                poison.what,
+                l.event_id.clone(),
+                l.event_name.clone(),
+                l.handler.clone(),
+                error,
+                l.attempts,
+                l.envelope.clone(),
+            ));
+        }
+        node.shutdown().await;
+        seen
+    }
+    let memory = seen(Harness::memory()).await;
+    let redis = seen(Harness::redis()).await;
+    for (m, r) in memory.iter().zip(&redis) {
+        eprintln!(
+            "{}: {}; envelope {}",
+            m.0,
+            m.4,
+            m.6.to_string().chars().take(80).collect::<String>()
+        );
+        assert_eq!(m, r, "memory vs redis: {}", m.0);
+    }
+    assert_eq!(memory.len(), redis.len());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,6 +1035,196 @@ async fn restart_under_the_same_name_rereads_its_own_pending_at_once(h: Harness)
     node.shutdown().await;
 }
 
+/// The retries of a bus that sets none (README: `EVENTBUS_RETRIES`, default 3).
+const DEFAULT_RETRIES: u32 = 3;
+
+/// An event whose handler takes its process down every time it runs; after each crash the
+/// consumer is killed and restarted under the same name (it re-reads its own pending entry at
+/// once, as a suspect). The first crash is not charged (the run was not alone: it may have been
+/// a bystander); every suspect run is charged before it starts, so it is dead-lettered after
+/// `retries + 1` crashes it caused alone: `retries + 2` runs in all, the last delivery
+/// dead-lettered without running. Another event is handled after that.
+///
+/// The same numbers, with child processes that abort and `kill -9`, are pinned on Redis by
+/// `recovery.rs::a_message_that_crashes_every_consumer_is_dead_lettered_after_the_attempt_limit`
+/// (retries = 1: 3 crashes) and `chaos_crash.rs::poison_crash_with_retries_0_and_one_consumer_restarted_under_its_name`.
+async fn crash_every_run_is_dead_lettered_after_the_attempt_limit(
+    h: Harness,
+    retries: Option<u32>,
+) {
+    let limit = retries.unwrap_or(DEFAULT_RETRIES) + 1;
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.bomber"]).state(log.clone());
+    if let Some(retries) = retries {
+        b.retries(retries);
+    }
+    let mut node = h.start_killable(&b).await;
+    let bomb = node.publish(&Bomb { n: 1, crash: true }).await;
+    let mut kills = 0_u32;
+    let deadline = Instant::now() + DEADLINE * 2;
+    let letters = loop {
+        // A new run has started (the process is going down), or the event is dead-lettered.
+        let letters = node.dead_letters().await;
+        if !letters.is_empty() {
+            break letters;
+        }
+        if log.runs_of("conf.bomber").len() > kills as usize {
+            assert!(
+                kills <= limit,
+                "{}: run {} after {kills} crashes (limit {limit}): {:#?}",
+                h.name(),
+                kills + 1,
+                log.runs()
+            );
+            node.kill();
+            kills += 1;
+            node.restart().await;
+            continue;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: neither a new run nor a dead letter after {kills} crash(es): {:#?}; {:?}",
+            h.name(),
+            log.runs(),
+            node.reader("conf.bomber")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // ok: poll interval under a deadline
+    };
+    node.idle().await;
+
+    let runs = log.runs_of("conf.bomber");
+    assert_eq!(
+        runs.len() as u32,
+        limit + 1,
+        "{}: {limit} charged crashes alone after the first, uncharged one: {runs:#?}",
+        h.name()
+    );
+    assert_eq!(kills, limit + 1, "{}", h.name());
+    assert!(
+        runs.iter().all(|r| r.id == bomb && r.ok.is_none()),
+        "{}: every run was the bomb's, and none finished: {runs:#?}",
+        h.name()
+    );
+    let mut attempts = vec![1];
+    attempts.extend(1..=limit);
+    assert_eq!(
+        runs.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+        attempts,
+        "{}: ctx.attempt() of each run",
+        h.name()
+    );
+    assert_eq!(letters.len(), 1, "{}: {letters:#?}", h.name());
+    let l = &letters[0];
+    assert_eq!(l.event_id.as_ref(), Some(&bomb), "{}", h.name());
+    assert_eq!(l.handler, "conf.bomber");
+    assert_eq!(l.attempts, limit, "{}", h.name());
+    assert!(
+        l.error.contains("crashed") && l.error.contains(&format!("the limit is {limit}")),
+        "{}: {}",
+        h.name(),
+        l.error
+    );
+    assert_eq!(l.envelope["data"]["crash"], json!(true), "{}", h.name());
+    // Dead-lettered at the last restart, without running: that delivery was a suspect.
+    let reader = wait_reader(&node, "conf.bomber", "the letter counted", |r| {
+        r.dead_lettered >= 1
+    })
+    .await;
+    assert_eq!(
+        (reader.dead_lettered, reader.suspects, reader.claimed),
+        (1, 1, 0),
+        "{}: {reader:?}",
+        h.name()
+    );
+    assert_eq!(
+        node.charged("conf.bomb").await.unwrap_or(0),
+        0,
+        "{}",
+        h.name()
+    );
+
+    let next = node.publish(&Bomb { n: 2, crash: false }).await;
+    wait_log(&log, "the next event is handled", |log| {
+        !log.handled("conf.bomber").is_empty()
+    })
+    .await;
+    node.idle().await;
+    let runs = log.runs_of("conf.bomber");
+    let last = runs.last().expect("a run");
+    assert_eq!((&last.id, last.attempt), (&next, 1), "{}", h.name());
+    assert_eq!(log.handled("conf.bomber"), [next], "{}", h.name());
+    assert_eq!(node.dead_letters().await.len(), 1, "{}", h.name());
+    node.shutdown().await;
+}
+
+async fn crash_every_run_with_retries_0_is_dead_lettered_after_2_runs(h: Harness) {
+    crash_every_run_is_dead_lettered_after_the_attempt_limit(h, Some(0)).await;
+}
+
+async fn crash_every_run_with_default_retries_is_dead_lettered_after_5_runs(h: Harness) {
+    crash_every_run_is_dead_lettered_after_the_attempt_limit(h, None).await;
+}
+
+/// A failed attempt is charged before the backoff; the consumer is killed while it waits to
+/// retry and restarted under the same name: the redelivery is attempt 2 (`ctx.attempt()`), it
+/// succeeds, and the charge is gone with the ack. (On Redis with child processes:
+/// `reliability.rs::a_failure_before_a_crash_is_charged_and_ctx_attempt_counts_it`.)
+async fn a_failure_then_a_crash_before_the_retry_is_charged(h: Harness) {
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.refunder"]).state(log.clone());
+    let mut node = h.start_killable(&b).await;
+    let id = node.publish(&Refund { n: 1 }).await;
+    wait_log(&log, "the first attempt failed", |log| {
+        log.runs_of("conf.refunder")
+            .first()
+            .is_some_and(|r| r.ok == Some(false))
+    })
+    .await;
+    node.wait_charged("conf.refund", 1).await;
+    let killed = Instant::now();
+    node.kill();
+    node.restart().await;
+    wait_log(&log, "handled after the restart", |log| {
+        !log.handled("conf.refunder").is_empty()
+    })
+    .await;
+    node.idle().await;
+
+    let runs = log.runs_of("conf.refunder");
+    assert_eq!(
+        runs.iter().map(|r| (r.attempt, r.ok)).collect::<Vec<_>>(),
+        [(1, Some(false)), (2, Some(true))],
+        "{}: {runs:#?}",
+        h.name()
+    );
+    assert!(runs.iter().all(|r| r.id == id));
+    let redelivered = runs[1].started - killed;
+    assert!(
+        redelivered < Duration::from_secs(5),
+        "{}: the redelivery after the restart, not the in-process retry (10 s backoff): {redelivered:?}",
+        h.name()
+    );
+    assert_eq!(log.handled("conf.refunder"), [id], "{}", h.name());
+    let letters = node.dead_letters().await;
+    assert!(letters.is_empty(), "{}: {letters:#?}", h.name());
+    assert_eq!(
+        node.charged("conf.refund").await.unwrap_or(0),
+        0,
+        "{}",
+        h.name()
+    );
+    let reader = node.reader("conf.refunder");
+    assert_eq!(
+        (reader.handled, reader.suspects, reader.claimed),
+        (1, 1, 0),
+        "{}: re-read as a suspect under its own name: {reader:?}",
+        h.name()
+    );
+    node.shutdown().await;
+}
+
 /// Shutdown lets the running handler finish and acks it: another consumer started afterwards
 /// finds nothing of it to run again; the entry behind it (never started) is handled once there.
 async fn shutdown_drains_the_running_handler_and_acks_it(h: Harness) {
@@ -894,7 +1342,8 @@ async fn broadcast_every_handler_in_every_instance_gets_every_event(h: Harness) 
             h.name()
         );
         for node in [&first, &second] {
-            assert_eq!(node.reader(handler).handled, N, "{}", h.name());
+            let reader = wait_reader(node, handler, "every run counted", |r| r.handled >= N).await;
+            assert_eq!(reader.handled, N, "{}", h.name());
         }
     }
     first.shutdown().await;
@@ -1019,4 +1468,97 @@ async fn broadcast_queue_full_drops_the_oldest_by_default(h: Harness) {
 async fn broadcast_queue_full_with_drop_newest_keeps_the_first(h: Harness) {
     let handled = broadcast_queue_bounds(&h, Some(Overflow::DropNewest)).await;
     assert_eq!(handled, [0, 1, 2], "{}", h.name());
+}
+
+/// A slow broadcast handler (one run at a time) whose queue is bounded by bytes only
+/// (`broadcast_queue_bytes` 7,600, count bound 1,000): a run in flight, then 8 events of about
+/// 2,300 bytes; 3 fit, 5 are dropped per the overflow policy and counted.
+async fn broadcast_byte_bound(h: &Harness, overflow: Option<Overflow>) -> Vec<u64> {
+    const PAD: usize = 2_000;
+    const QUEUE_BYTES: usize = 7_600;
+    const N: u64 = 8;
+    const FIT: u64 = 3;
+    let log = Log::default();
+    let mut b = h.builder();
+    b.handlers(["conf.blob_gated"])
+        .state(log.clone())
+        .max_payload(4096)
+        .broadcast_queue(1_000)
+        .broadcast_queue_bytes(QUEUE_BYTES);
+    if let Some(overflow) = overflow {
+        b.broadcast_overflow(overflow);
+    }
+    let node = h.start(&b).await;
+    node.publish(&Blob {
+        n: 0,
+        pad: String::new(),
+    })
+    .await;
+    wait_log(&log, "blob 0 is running", |log| {
+        log.entered("conf.blob_gated") == [0]
+    })
+    .await;
+    for n in 1..=N {
+        node.publish(&Blob {
+            n,
+            pad: "x".repeat(PAD),
+        })
+        .await;
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while node.reader("conf.blob_gated").dropped < N - FIT {
+        assert!(
+            Instant::now() < deadline,
+            "{}: {} of {N} blobs of {PAD} bytes and an envelope dropped ({QUEUE_BYTES} bytes hold {FIT}): {:?}",
+            h.name(),
+            N - FIT,
+            node.reader("conf.blob_gated")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await; // ok: poll interval under a deadline
+    }
+    assert_eq!(
+        log.entered("conf.blob_gated"),
+        [0],
+        "{}: one run at a time",
+        h.name()
+    );
+    log.open_gate();
+    wait_log(&log, "the run and the queued blobs are handled", |log| {
+        log.handled("conf.blob_gated").len() > FIT as usize
+    })
+    .await;
+    let reader = wait_reader(&node, "conf.blob_gated", "every run counted", |r| {
+        r.handled > FIT
+    })
+    .await;
+    assert_eq!(
+        (
+            reader.dropped,
+            reader.gaps,
+            reader.handled,
+            reader.dead_lettered
+        ),
+        (N - FIT, 0, 1 + FIT, 0),
+        "{}: {reader:?}",
+        h.name()
+    );
+    node.shutdown().await;
+    let handled = log.handled_numbers("conf.blob_gated");
+    assert_eq!(
+        handled.len() as u64,
+        1 + FIT,
+        "{}: only the run and the {FIT} that fit are handled: {handled:?}",
+        h.name()
+    );
+    handled
+}
+
+async fn broadcast_byte_bound_drops_the_oldest_by_default(h: Harness) {
+    let handled = broadcast_byte_bound(&h, None).await;
+    assert_eq!(handled, [0, 6, 7, 8], "{}", h.name());
+}
+
+async fn broadcast_byte_bound_with_drop_newest_keeps_the_first(h: Harness) {
+    let handled = broadcast_byte_bound(&h, Some(Overflow::DropNewest)).await;
+    assert_eq!(handled, [0, 1, 2, 3], "{}", h.name());
 }

@@ -3,10 +3,20 @@
 //! `redis-server` the harness starts for the test; [`Node`] is one consumer (one bus instance)
 //! with the operations the behaviours use.
 //!
-//! A Redis "crash" drops the running bus without shutdown. The handlers the crash tests use never
-//! finish a run that started while the log held them, so an abandoned run can neither finish nor
-//! be acked; a second consumer under another name must claim it after the visibility timeout.
-//! The memory side does the same with `TestBus::crash` and `TestBus::another`.
+//! Two ways for a consumer to die:
+//!
+//! - [`Node::crash`]: on Redis the running bus is dropped without shutdown. That is not a
+//!   `kill -9`: the dropped bus still has its connections, so what its abort path sends (the
+//!   take-back of a suspect's charge, `pipeline/mod.rs`) reaches Redis. The handlers the crash
+//!   tests use never finish a run that started while the log held them, so an abandoned run can
+//!   neither finish nor be acked; a second consumer under another name must claim it after the
+//!   visibility timeout. The memory side does the same with `TestBus::crash` (which kills the
+//!   consumer's session first: nothing it sends afterwards lands) and `TestBus::another`.
+//! - [`Node::kill`], for consumers made by [`Harness::start_killable`]: as `kill -9` does, the
+//!   consumer's connections are cut first and nothing it sends afterwards reaches Redis. Such a
+//!   Redis consumer talks to Redis through a TCP proxy of its own; the kill drops the proxy
+//!   (closing every connection and the listener), then the bus. On memory it is
+//!   `TestBus::crash`, which already works that way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +25,8 @@ use std::time::Duration;
 use eventbus::prelude::*;
 use eventbus::testing::TestBus;
 use eventbus::{BusBuilder, DeadLetter, Health, ReaderHealth, RunningBus};
-use eventbus_tests::{RedisServer, init_tracing, namespace, wait_until};
+use eventbus_tests::proxy::Proxy;
+use eventbus_tests::{RedisServer, init_tracing, namespace, stream_key, wait_until};
 
 /// The visibility timeout of every bus of the suite, unless a test sets another.
 pub(crate) const VISIBILITY: Duration = Duration::from_millis(300);
@@ -97,10 +108,37 @@ impl Harness {
                     .expect("build a test bus");
                 Node::Memory(Box::new(test))
             }
-            Harness::Redis { server, .. } => {
-                Node::redis(builder.clone(), server.url(), Arc::default()).await
+            Harness::Redis { server, ns } => {
+                Node::redis(
+                    builder.clone(),
+                    server.url(),
+                    ns.clone(),
+                    Arc::default(),
+                    None,
+                )
+                .await
             }
         }
+    }
+
+    /// As [`start`](Self::start), for a consumer that can be [`kill`](Node::kill)ed: on Redis it
+    /// connects through a proxy of its own (see the module docs).
+    pub(crate) async fn start_killable(&self, builder: &BusBuilder) -> Node {
+        let mut node = match self {
+            Harness::Memory { .. } => self.build(builder).await,
+            Harness::Redis { server, ns } => {
+                Node::redis(
+                    builder.clone(),
+                    server.url(),
+                    ns.clone(),
+                    Arc::default(),
+                    Some(Proxy::start(server.port())),
+                )
+                .await
+            }
+        };
+        node.start().await;
+        node
     }
 
     /// Builds a consumer from `builder` and starts it.
@@ -119,26 +157,52 @@ pub(crate) enum Node {
 
 /// A bus over Redis, with what it takes to make another consumer like it.
 pub(crate) struct RedisNode {
-    /// The settings, with this consumer's name.
+    /// The settings, with this consumer's name (and the server's URL: a killable consumer's bus
+    /// is built with its proxy's).
     builder: BusBuilder,
+    /// The server's URL.
     url: String,
+    ns: String,
     /// Consumers made so far from the first one's settings (names `conformance-<n>`).
     consumers: Arc<AtomicUsize>,
     bus: Bus,
     running: Option<RunningBus>,
+    /// A killable consumer talks to Redis through a proxy of its own, to this port (the
+    /// server's); `None` for the others.
+    upstream: Option<u16>,
+    /// That proxy while the consumer lives; `None` once killed, until the restart.
+    proxy: Option<Proxy>,
+}
+
+/// Builds a Redis bus from `builder`, through `proxy` when there is one.
+async fn build_redis(builder: &BusBuilder, proxy: Option<&Proxy>) -> Bus {
+    let mut builder = builder.clone();
+    if let Some(proxy) = proxy {
+        builder.redis_url(proxy.url());
+    }
+    builder.build().await.expect("build a Redis bus")
 }
 
 impl Node {
-    async fn redis(mut builder: BusBuilder, url: String, consumers: Arc<AtomicUsize>) -> Node {
+    async fn redis(
+        mut builder: BusBuilder,
+        url: String,
+        ns: String,
+        consumers: Arc<AtomicUsize>,
+        proxy: Option<Proxy>,
+    ) -> Node {
         let n = consumers.fetch_add(1, Ordering::SeqCst);
-        builder.consumer(format!("conformance-{n}"));
-        let bus = builder.build().await.expect("build a Redis bus");
+        builder.consumer(format!("conformance-{n}")).redis_url(&url);
+        let bus = build_redis(&builder, proxy.as_ref()).await;
         Node::Redis(Box::new(RedisNode {
             builder,
             url,
+            ns,
             consumers,
             bus,
             running: None,
+            upstream: proxy.as_ref().map(Proxy::upstream),
+            proxy,
         }))
     }
 
@@ -216,7 +280,7 @@ impl Node {
             .unwrap_or_else(|| panic!("no reader for {handler}: {health:?}"))
     }
 
-    /// A second consumer with the same settings, under its own name, not started.
+    /// A second consumer with the same settings, under its own name, not started (not killable).
     pub(crate) async fn another(&self) -> Node {
         match self {
             Node::Memory(test) => Node::Memory(Box::new(test.another().expect("another test bus"))),
@@ -224,9 +288,65 @@ impl Node {
                 Node::redis(
                     node.builder.clone(),
                     node.url.clone(),
+                    node.ns.clone(),
                     node.consumers.clone(),
+                    None,
                 )
                 .await
+            }
+        }
+    }
+
+    /// Appends a raw entry to the stream of durable event `event`, as another producer might:
+    /// on memory `TestBus::publish_raw`, on Redis `XADD <ns>:{<event>} * <fields>`. Returns the
+    /// entry id.
+    pub(crate) async fn publish_raw(&self, event: &str, fields: &[(&str, &[u8])]) -> String {
+        match self {
+            Node::Memory(test) => test.publish_raw(event, fields).await.expect("publish_raw"),
+            Node::Redis(node) => {
+                let mut conn = node.conn().await;
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(stream_key(&node.ns, event)).arg("*");
+                for (k, v) in fields {
+                    cmd.arg(*k).arg(*v);
+                }
+                cmd.query_async::<String>(&mut conn)
+                    .await
+                    .expect("raw XADD")
+            }
+        }
+    }
+
+    /// Waits (under [`DEADLINE`]) until the entries of durable event `event` have `total`
+    /// attempts charged in all (`<ns>:{<event>}:attempts`). On Redis the hash is read. The
+    /// memory transport gives no access to it; there the charge of a failure is written in the
+    /// same poll as the handler's `Err` returns (nothing in between awaits), so a short pause
+    /// after the failed run was seen is ample.
+    pub(crate) async fn wait_charged(&self, event: &str, total: i64) {
+        match self {
+            Node::Memory(_) => tokio::time::sleep(Duration::from_millis(100)).await, // ok: see above
+            Node::Redis(node) => {
+                let conn = node.conn().await;
+                let key = format!("{}:attempts", stream_key(&node.ns, event));
+                wait_until(DEADLINE, &format!("{total} attempt(s) charged"), || {
+                    let mut conn = conn.clone();
+                    let key = key.clone();
+                    async move { charged(&mut conn, &key).await == total }
+                })
+                .await;
+            }
+        }
+    }
+
+    /// On Redis, the attempts charged in all to the entries of durable event `event`; on memory
+    /// `None` (not observable).
+    pub(crate) async fn charged(&self, event: &str) -> Option<i64> {
+        match self {
+            Node::Memory(_) => None,
+            Node::Redis(node) => {
+                let mut conn = node.conn().await;
+                let key = format!("{}:attempts", stream_key(&node.ns, event));
+                Some(charged(&mut conn, &key).await)
             }
         }
     }
@@ -240,14 +360,33 @@ impl Node {
         }
     }
 
-    /// After [`crash`](Self::crash): the process comes back under the same consumer name.
+    /// The consumer is killed as by `kill -9`: its connections are cut first, so nothing it
+    /// sends afterwards (a take-back, an ack, a hand-back) reaches the store; then it stops.
+    /// On memory `TestBus::crash` (its session is killed first). On Redis the consumer's proxy
+    /// is dropped (every connection closed, new ones refused), then its running bus.
+    pub(crate) fn kill(&mut self) {
+        match self {
+            Node::Memory(test) => test.crash(),
+            Node::Redis(node) => {
+                assert!(node.upstream.is_some(), "kill: made by start_killable");
+                drop(node.proxy.take().expect("kill a live consumer"));
+                drop(node.running.take());
+            }
+        }
+    }
+
+    /// After [`crash`](Self::crash) or [`kill`](Self::kill): the process comes back under the
+    /// same consumer name.
     pub(crate) async fn restart(&mut self) {
         match self {
             Node::Memory(test) => test.start().await.expect("restart the test bus"),
             Node::Redis(node) => {
                 assert!(node.running.is_none(), "restart after a crash only");
                 // A new process: new connections, the same consumer name.
-                node.bus = node.builder.build().await.expect("rebuild the Redis bus");
+                if let Some(port) = node.upstream {
+                    node.proxy = Some(Proxy::start(port));
+                }
+                node.bus = build_redis(&node.builder, node.proxy.as_ref()).await;
                 node.running = Some(node.bus.start().await.expect("restart the Redis bus"));
             }
         }
@@ -320,6 +459,27 @@ impl Node {
             Node::Redis(_) => None,
         }
     }
+}
+
+impl RedisNode {
+    /// A connection of the test's own to the server (not through the consumer's proxy).
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis")
+    }
+}
+
+/// The sum of the attempts charged in hash `key` (0 when it does not exist).
+async fn charged(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    let values: Vec<i64> = redis::cmd("HVALS")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("HVALS");
+    values.iter().sum()
 }
 
 /// True when every group of every stream on the server has delivered the stream's last entry

@@ -295,7 +295,7 @@ async fn parcels(ev: Parcel, ctx: Context, log: State<Log>) -> anyhow::Result<()
 // implement `DomainEvent` by hand on purpose: a derive would register a second type for the
 // name in this binary, which is a start-up error for every bus here, and in production these
 // producers live in other binaries. Publishing them through the bus is the same injection on
-// both transports (the memory transport has no raw-entry helper).
+// both transports; entries that are not envelopes at all are written with `Node::publish_raw`.
 
 /// `conf.parcel` as a newer producer writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -420,6 +420,65 @@ pub(crate) struct Step {
 async fn sequential(ev: Step, ctx: Context, log: State<Log>) -> anyhow::Result<()> {
     let run = log.start(&ctx, ev.n);
     tokio::task::yield_now().await;
+    log.end(run, true);
+    Ok(())
+}
+
+/// Crash accounting: an event whose handler takes the process down (`crash: true`) every time it
+/// runs, and a harmless one of the same type.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "conf.bomb")]
+pub(crate) struct Bomb {
+    pub(crate) n: u64,
+    pub(crate) crash: bool,
+}
+
+/// Retry policy: the bus's (the test sets `retries`, or keeps the default). A `crash: true` run
+/// never finishes: it stands for a process that dies inside the handler, and the test kills the
+/// consumer as soon as it has started.
+#[event_handler(name = "conf.bomber")]
+async fn bomber(ev: Bomb, ctx: Context, log: State<Log>) -> anyhow::Result<()> {
+    let run = log.start(&ctx, ev.n);
+    if ev.crash {
+        std::future::pending::<()>().await;
+    }
+    log.end(run, true);
+    Ok(())
+}
+
+/// A failure, then a crash before the retry.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "conf.refund")]
+pub(crate) struct Refund {
+    pub(crate) n: u64,
+}
+
+/// Fails its first attempt and works after that. The 10 s backoff keeps the in-process retry
+/// far away: the test kills the consumer while it waits.
+#[event_handler(name = "conf.refunder", backoff = "10s")]
+async fn refunder(ev: Refund, ctx: Context, log: State<Log>) -> anyhow::Result<()> {
+    let run = log.start(&ctx, ev.n);
+    if ctx.attempt() == 1 {
+        log.end(run, false);
+        anyhow::bail!("card network unavailable for refund {}", ev.n);
+    }
+    log.end(run, true);
+    Ok(())
+}
+
+/// Broadcast queue byte bound: an event with a padding to make it large, one run at a time,
+/// held by the gate.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(name = "conf.blob", broadcast)]
+pub(crate) struct Blob {
+    pub(crate) n: u64,
+    pub(crate) pad: String,
+}
+
+#[event_handler(name = "conf.blob_gated", concurrency = 1)]
+async fn blob_gated(ev: Blob, ctx: Context, log: State<Log>) -> anyhow::Result<()> {
+    let run = log.start(&ctx, ev.n);
+    log.gate().await;
     log.end(run, true);
     Ok(())
 }
