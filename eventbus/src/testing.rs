@@ -302,6 +302,14 @@ impl TestBus {
         self.family.handled.of(handler)
     }
 
+    /// The attempts charged in all to entries of durable event `event` that are not settled yet
+    /// (every handler): failed attempts, and attempts of suspects running alone, which a crash
+    /// during them leaves charged. 0 once every entry is acked or dead-lettered.
+    pub fn charged_attempts(&self, event: &str) -> u64 {
+        let key = crate::transport::keys::attempts_key(&self.bus.inner().config.namespace, event);
+        u64::try_from(self.store.hsum(&key)).unwrap_or(0)
+    }
+
     /// Every dead letter of the namespace, oldest first per event, as
     /// [`DeadLetters::list`](crate::DeadLetters::list).
     ///

@@ -318,13 +318,18 @@ impl Node {
     }
 
     /// Waits (under [`DEADLINE`]) until the entries of durable event `event` have `total`
-    /// attempts charged in all (`<ns>:{<event>}:attempts`). On Redis the hash is read. The
-    /// memory transport gives no access to it; there the charge of a failure is written in the
-    /// same poll as the handler's `Err` returns (nothing in between awaits), so a short pause
-    /// after the failed run was seen is ample.
+    /// attempts charged in all (`<ns>:{<event>}:attempts`): on Redis the hash is read, on memory
+    /// `TestBus::charged_attempts`.
     pub(crate) async fn wait_charged(&self, event: &str, total: i64) {
         match self {
-            Node::Memory(_) => tokio::time::sleep(Duration::from_millis(100)).await, // ok: see above
+            Node::Memory(bus) => {
+                let want = u64::try_from(total).unwrap_or(0);
+                wait_until(DEADLINE, &format!("{total} attempt(s) charged"), || {
+                    let charged = bus.charged_attempts(event);
+                    async move { charged == want }
+                })
+                .await;
+            }
             Node::Redis(node) => {
                 let conn = node.conn().await;
                 let key = format!("{}:attempts", stream_key(&node.ns, event));
@@ -338,11 +343,12 @@ impl Node {
         }
     }
 
-    /// On Redis, the attempts charged in all to the entries of durable event `event`; on memory
-    /// `None` (not observable).
+    /// The attempts charged in all to the entries of durable event `event` (always `Some`).
     pub(crate) async fn charged(&self, event: &str) -> Option<i64> {
         match self {
-            Node::Memory(_) => None,
+            Node::Memory(bus) => {
+                Some(i64::try_from(bus.charged_attempts(event)).unwrap_or(i64::MAX))
+            }
             Node::Redis(node) => {
                 let mut conn = node.conn().await;
                 let key = format!("{}:attempts", stream_key(&node.ns, event));

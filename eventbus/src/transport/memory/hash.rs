@@ -74,6 +74,14 @@ impl Memory {
             .collect())
     }
 
+    /// The sum of every field of hash `key` (0 when it is missing or not a hash).
+    pub(crate) fn hsum(&self, key: &str) -> i64 {
+        match self.lock().hash(key) {
+            Ok(Some(h)) => h.fields.values().sum(),
+            _ => 0,
+        }
+    }
+
     /// `HDEL <key> <fields...>`: removes the fields; returns how many existed. The key goes
     /// with its last field.
     ///
