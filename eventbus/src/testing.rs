@@ -122,8 +122,11 @@ impl BusBuilder {
     /// As [`build`](Self::build), except that nothing is connected: [`Error::Config`],
     /// [`Error::DuplicateHandler`], [`Error::DuplicateEvent`], [`Error::UnknownHandler`],
     /// [`Error::MissingState`].
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn build_test(&mut self) -> Result<TestBus> {
-        TestBus::assemble(self.clone(), Memory::new(), Arc::default())
+        let family = Arc::<Family>::default();
+        let id = family.buses.fetch_add(1, Ordering::Relaxed);
+        TestBus::assemble(self.clone(), Memory::new(), family, id)
     }
 }
 
@@ -133,7 +136,12 @@ impl TestBus {
         Bus::builder()
     }
 
-    fn assemble(builder: BusBuilder, store: Memory, family: Arc<Family>) -> Result<TestBus> {
+    fn assemble(
+        builder: BusBuilder,
+        store: Memory,
+        family: Arc<Family>,
+        id: usize,
+    ) -> Result<TestBus> {
         let config = Arc::new(builder.config()?);
         let (handlers, registered) = select_handlers(&builder, &config)?;
         family
@@ -155,7 +163,6 @@ impl TestBus {
             Transport::Memory(session.clone()),
             Some(family.handled.clone()),
         );
-        let id = family.buses.fetch_add(1, Ordering::Relaxed);
         Ok(TestBus {
             bus,
             builder,
@@ -336,10 +343,10 @@ impl TestBus {
     ///
     /// As [`BusBuilder::build_test`].
     pub fn another(&self) -> Result<TestBus> {
-        let n = self.family.buses.load(Ordering::Relaxed) + 1;
+        let id = self.family.buses.fetch_add(1, Ordering::Relaxed);
         let mut builder = self.builder.clone();
-        builder.consumer(format!("{}-{n}", self.first_consumer()));
-        TestBus::assemble(builder, self.store.clone(), self.family.clone())
+        builder.consumer(format!("{}-{}", self.first_consumer(), id + 1));
+        TestBus::assemble(builder, self.store.clone(), self.family.clone(), id)
     }
 
     /// The consumer name of the family's first bus (`another` numbers from it).
@@ -411,9 +418,12 @@ impl TestBus {
 }
 
 impl Drop for TestBus {
-    /// A bus dropped without [`shutdown`](TestBus::shutdown) stops as a crashed one: its lanes
-    /// no longer count for the other buses' [`run_until_idle`](TestBus::run_until_idle).
+    /// A bus dropped without [`shutdown`](TestBus::shutdown) stops as a crashed one: its
+    /// session is cut (nothing more is acked, charged or written) and its lanes no longer count
+    /// for the other buses' [`run_until_idle`](TestBus::run_until_idle). After `shutdown` there
+    /// is nothing left to cut.
     fn drop(&mut self) {
+        self.session.kill();
         self.family.lanes().remove(&self.id);
     }
 }

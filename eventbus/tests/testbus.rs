@@ -489,3 +489,30 @@ async fn trimming_counts_what_a_lagging_handler_never_read() -> eventbus::Result
     );
     bus.shutdown().await
 }
+
+/// A crashed consumer's connection is gone: its subscriptions receive nothing more (replaying a
+/// broadcast dead letter right after the crash finds no receiver and keeps the letter, as on
+/// Redis), and a handle on the crashed bus cannot publish.
+#[tokio::test(start_paused = true)]
+async fn a_crashed_consumer_neither_receives_nor_publishes() -> eventbus::Result<()> {
+    let log = Log::default();
+    log.fail.store(true, Ordering::SeqCst);
+    let mut bus = builder(&["tb.news.a"], &log).build_test().await?;
+    bus.start().await?;
+    bus.publish(&News { n: 1 }).await?;
+    bus.run_until_idle().await?;
+    let letters = bus.dead_letters().await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let old = bus.bus().clone();
+    bus.crash();
+    // Right after the crash, before any task of the dead bus ran again.
+    let replay = bus.bus().dlq().replay(&letters[0].id).await;
+    assert!(replay.is_err(), "no live subscriber: {replay:?}");
+    assert_eq!(bus.dead_letters().await?.len(), 1, "the letter is kept");
+    let err = old
+        .publish(&News { n: 2 })
+        .await
+        .expect_err("the crashed bus's connection is gone");
+    assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+    Ok(())
+}

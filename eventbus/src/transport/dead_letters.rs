@@ -111,7 +111,7 @@ impl Transport {
                     .replay_durable(key, id, stream, handler, envelope, max_len)
                     .await
             }
-            // The in-memory store does not trim on replay: `max_len` is approximate anyway.
+            // Unlike the Redis script, the in-memory replay does not trim the stream to `max_len`.
             #[cfg(feature = "testing")]
             Transport::Memory(m) => m.replay_durable(key, id, stream, handler, envelope),
         }

@@ -49,7 +49,7 @@ pub(crate) struct Memory {
     stats: Arc<crate::telemetry::ConnStats>,
     /// Set when the process using this handle "crashed" ([`kill`](Self::kill)): the seam then
     /// refuses its commands, as a dead process's connection sends nothing more.
-    dead: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) dead: Arc<std::sync::atomic::AtomicBool>,
     /// How many of this session's next acks fail (fault injection for one consumer).
     failing_acks: Arc<std::sync::atomic::AtomicUsize>,
 }

@@ -26,6 +26,16 @@ pub(super) struct Subscriber {
     ended: CancellationToken,
     /// Messages sent to it and not yet received.
     queued: Arc<AtomicUsize>,
+    /// The session (consumer process) it belongs to: once killed, it receives nothing more, as
+    /// a dead process's connection is closed.
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Subscriber {
+    /// Whether it can still receive.
+    fn live(&self) -> bool {
+        !self.tx.is_closed() && !self.dead.load(Ordering::Acquire)
+    }
 }
 
 /// A subscription to some channels: receives every message published to them from its creation
@@ -65,7 +75,7 @@ impl Subscription {
 impl super::State {
     /// `PUBLISH` under the store's lock (so a script-like step can publish atomically).
     pub(super) fn publish(&mut self, channel: &str, payload: Arc<[u8]>) -> usize {
-        self.subscribers.retain(|s| !s.tx.is_closed());
+        self.subscribers.retain(Subscriber::live);
         self.subscribers
             .iter()
             .filter(|s| s.channels.contains(channel))
@@ -97,12 +107,13 @@ impl Memory {
         let ended = CancellationToken::new();
         let queued = Arc::new(AtomicUsize::new(0));
         let mut state = self.lock();
-        state.subscribers.retain(|s| !s.tx.is_closed());
+        state.subscribers.retain(Subscriber::live);
         state.subscribers.push(Subscriber {
             channels: channels.iter().cloned().collect(),
             tx,
             ended: ended.clone(),
             queued: queued.clone(),
+            dead: self.dead.clone(),
         });
         Subscription { rx, ended, queued }
     }
@@ -110,7 +121,7 @@ impl Memory {
     /// Messages published to live subscriptions that they have not received yet.
     pub(crate) fn undelivered_broadcasts(&self) -> usize {
         let mut state = self.lock();
-        state.subscribers.retain(|s| !s.tx.is_closed());
+        state.subscribers.retain(Subscriber::live);
         state
             .subscribers
             .iter()

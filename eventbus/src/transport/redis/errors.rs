@@ -188,5 +188,8 @@ mod tests {
             rustls::CertificateError::UnknownIssuer,
         )));
         assert_eq!(kind_of(&tls), TransportErrorKind::Tls);
+        // A wrong CA or certificate does not pass by itself: not retried.
+        assert!(!is_transient(&tls));
+        assert!(!classify(tls).is_transient());
     }
 }
